@@ -1,0 +1,119 @@
+"""Training-loop helpers shared by every train.py: LR schedule, progress bar, metrics log, loss plot, summary."""
+import json
+import math
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+def lr_at(step: int, *, max_lr: float, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1) -> float:
+    """Linear warmup to max_lr, then cosine decay to min_lr_ratio * max_lr at total_steps (flat after).
+    Warmup avoids large early updates while Adam's moment estimates are still noise."""
+    min_lr = max_lr * min_lr_ratio
+    if warmup_steps > 0 and step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    if step >= total_steps:
+        return min_lr
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)  # 0 → 1
+    return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+class RunLogger:
+    """Progress bar (loss, running average, LR, tokens/s), `metrics.jsonl` and a loss-curve PNG for one run.
+
+    Every call to `train_step` appends {"kind": "train", "step", "loss", "lr", ...} to metrics.jsonl;
+    `eval` appends {"kind": "eval", "step", ...}. `close()` draws loss_curve.png from that file.
+    """
+
+    def __init__(self, out_dir, total_steps: int, desc: str = "train", start_step: int = 0,
+                 enabled: bool = True, avg_window: int = 50, plot_name: str = "loss_curve.png"):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.plot_path = self.out_dir / plot_name
+        self.enabled = enabled
+        if enabled:
+            if start_step == 0:
+                self.metrics_path.write_text("")
+            else:  # resuming: keep only the lines before the step we resume from
+                self._truncate_after(start_step)
+        self.recent = deque(maxlen=avg_window)
+        self.t_last = time.perf_counter()
+        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, disable=not enabled,
+                        dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
+
+    def _truncate_after(self, start_step: int) -> None:
+        if not self.metrics_path.exists():
+            return
+        keep = [ln for ln in self.metrics_path.read_text().splitlines() if ln and json.loads(ln)["step"] < start_step]
+        self.metrics_path.write_text("".join(ln + "\n" for ln in keep))
+
+    def _append(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def train_step(self, step: int, loss: float, lr: float, tokens: int = 0, **extra) -> None:
+        """Record one optimizer step. `tokens`: tokens processed in this step (for tokens/s)."""
+        now = time.perf_counter()
+        tok_s = tokens / max(now - self.t_last, 1e-9)
+        self.t_last = now
+        self.recent.append(loss)
+        avg = sum(self.recent) / len(self.recent)
+        self.bar.set_postfix(loss=f"{loss:.4f}", avg=f"{avg:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False)
+        self.bar.update(1)
+        self._append({"kind": "train", "step": step, "loss": loss, "lr": lr, "tokens_per_s": tok_s, **extra})
+
+    def eval(self, step: int, **metrics) -> None:
+        """Record evaluation figures (val_loss, accuracy, ...) and print them above the bar."""
+        self._append({"kind": "eval", "step": step, **metrics})
+        shown = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        self.write(f"step {step}: {shown}")
+
+    def write(self, text: str) -> None:
+        """Print a line without breaking the progress bar."""
+        if self.enabled:
+            tqdm.write(text, file=sys.stderr)
+
+    def close(self) -> Path | None:
+        self.bar.close()
+        return plot_loss_curve(self.metrics_path, self.plot_path) if self.enabled else None
+
+
+def plot_loss_curve(metrics_path, png_path, title: str | None = None) -> Path | None:
+    """Train loss (light), its moving average, and any eval losses from a metrics.jsonl, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")  # no screen needed
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(ln) for ln in Path(metrics_path).read_text().splitlines() if ln.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if r["kind"] == "train"]
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps, losses = zip(*train)
+    ax.plot(steps, losses, alpha=0.3, label="train loss")
+    k = max(1, len(losses) // 50)
+    if k > 1:
+        smooth = [sum(losses[max(0, i - k + 1): i + 1]) / len(losses[max(0, i - k + 1): i + 1]) for i in range(len(losses))]
+        ax.plot(steps, smooth, label=f"train loss (avg of {k})")
+    for key in sorted({k for r in rows if r["kind"] == "eval" for k in r if k.endswith("loss")}):
+        pts = [(r["step"], r[key]) for r in rows if r["kind"] == "eval" and key in r]
+        ax.plot(*zip(*pts), "o-", label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title or Path(png_path).parent.name)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return Path(png_path)
+
+
+def print_summary(**figures) -> None:
+    """The last line every train.py/bench.py prints: one JSON object of the run's figures."""
+    print(json.dumps(figures, ensure_ascii=False, default=str), flush=True)

@@ -1,0 +1,334 @@
+"""The data world (玩具世界, design §4): a seeded, bilingual little world and the text corpus about it.
+
+Every step draws on the same world, so the words a model learns in step 3 are the words its VLM uses in
+step 6: the COLORS, SHAPES, SIZES and grid POSITIONS below are both written about here and drawn as
+pictures later. A `Scene` is a few shapes on a 3×3 grid; `describe_scene` is its caption.
+
+    python -m common.world --preview            # samples and statistics
+    python -m common.world --size-mb 4 --seed 1337 --out runs/world/text   # write train.txt / val.txt
+
+One document is one line. The split is made by a stable hash of the document, so a document can never be
+in both train and val, and the split does not depend on the generation order.
+"""
+import argparse
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import RUNS_DIR
+
+# ----------------------------------------------------------------------------------------------------
+# The things in the world: (中文, English, ...). RGB values are what step 6 paints with.
+
+
+@dataclass(frozen=True)
+class Color:
+    zh: str
+    en: str
+    rgb: tuple
+
+
+COLORS = [Color("红色", "red", (220, 30, 30)), Color("绿色", "green", (30, 170, 50)),
+          Color("蓝色", "blue", (30, 70, 220)), Color("黄色", "yellow", (240, 210, 20)),
+          Color("紫色", "purple", (140, 40, 180)), Color("橙色", "orange", (250, 130, 0)),
+          Color("黑色", "black", (20, 20, 20)), Color("白色", "white", (250, 250, 250))]
+SHAPES = [("圆形", "circle"), ("正方形", "square"), ("三角形", "triangle"), ("星形", "star"),
+          ("菱形", "diamond"), ("六边形", "hexagon")]
+SIDES = {"circle": 0, "square": 4, "triangle": 3, "star": 10, "diamond": 4, "hexagon": 6}
+SIZES = [("大", "big"), ("小", "small")]
+# POSITIONS[row][col]: the 3×3 grid, read like a page.
+POSITIONS = [[("左上", "top left"), ("上方", "top"), ("右上", "top right")],
+             [("左边", "left"), ("中间", "center"), ("右边", "right")],
+             [("左下", "bottom left"), ("下方", "bottom"), ("右下", "bottom right")]]
+MIXES = [("红色", "黄色", "橙色", "red", "yellow", "orange"), ("蓝色", "黄色", "绿色", "blue", "yellow", "green"),
+         ("红色", "蓝色", "紫色", "red", "blue", "purple"), ("黑色", "白色", "灰色", "black", "white", "gray"),
+         ("红色", "白色", "粉色", "red", "white", "pink")]
+
+PEOPLE_ZH = ["小明", "小红", "小华", "小刚", "小丽", "小军", "小芳", "小强"]
+PEOPLE_EN = [("Tom", "he"), ("Amy", "she"), ("Lily", "she"), ("Jack", "he"), ("Sam", "he"), ("Lucy", "she"),
+             ("Ben", "he"), ("Emma", "she")]
+# (中文, 量词, English singular, plural): the measure word must agree with the noun, the plural with the count.
+THINGS = [("苹果", "个", "apple", "apples"), ("香蕉", "根", "banana", "bananas"), ("梨", "个", "pear", "pears"),
+          ("桃子", "个", "peach", "peaches"), ("糖", "颗", "candy", "candies"), ("书", "本", "book", "books"),
+          ("铅笔", "支", "pencil", "pencils"), ("球", "个", "ball", "balls"), ("花", "朵", "flower", "flowers"),
+          ("杯子", "个", "cup", "cups")]
+ANIMALS = [("猫", "只", "cat", "cats"), ("狗", "条", "dog", "dogs"), ("兔子", "只", "rabbit", "rabbits"),
+           ("鸭子", "只", "duck", "ducks"), ("鸟", "只", "bird", "birds"), ("鱼", "条", "fish", "fish"),
+           ("熊猫", "只", "panda", "pandas"), ("羊", "只", "sheep", "sheep")]
+# Ordered small → large, for comparison facts.
+BY_SIZE = [("蚂蚁", "ant"), ("老鼠", "mouse"), ("兔子", "rabbit"), ("猫", "cat"), ("狗", "dog"), ("羊", "sheep"),
+           ("熊猫", "panda"), ("老虎", "tiger"), ("马", "horse"), ("大象", "elephant")]
+PLACES = [("草地上", "on the grass"), ("桌子上", "on the table"), ("篮子里", "in the basket"),
+          ("花园里", "in the garden"), ("盒子里", "in the box"), ("河边", "by the river")]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scenes: what step 6 draws, and the captions this corpus shares with it.
+
+
+@dataclass(frozen=True)
+class Thing:
+    color: Color
+    shape: tuple   # (zh, en)
+    size: tuple    # (zh, en)
+    row: int
+    col: int
+
+    @property
+    def position(self) -> tuple:
+        return POSITIONS[self.row][self.col]
+
+
+def random_scene(rng: random.Random, min_things: int = 1, max_things: int = 4, allowed=None) -> list:
+    """1–4 things in distinct grid cells, in reading order. `allowed(color, shape)` can veto combinations
+    (step 6 holds some out)."""
+    n = rng.randint(min_things, max_things)
+    cells = sorted(rng.sample(range(9), n))
+    things = []
+    for cell in cells:
+        while True:
+            color, shape = rng.choice(COLORS), rng.choice(SHAPES)
+            if allowed is None or allowed(color, shape):
+                break
+        things.append(Thing(color, shape, rng.choice(SIZES), cell // 3, cell % 3))
+    return things
+
+
+def describe_thing(t: Thing, lang: str) -> str:
+    if lang == "zh":
+        return f"{t.position[0]}是一个{t.size[0]}的{t.color.zh}{t.shape[0]}"
+    return f"a {t.size[1]} {t.color.en} {t.shape[1]} at the {t.position[1]}"
+
+
+def describe_scene(things: list, lang: str) -> str:
+    """The canonical caption of a scene: count first, then each thing in reading order."""
+    n = len(things)
+    if lang == "zh":
+        return f"图中有{n}个图形：" + "，".join(describe_thing(t, "zh") for t in things) + "。"
+    parts = [describe_thing(t, "en") for t in things]
+    listed = parts[0] if n == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"There {'is 1 shape' if n == 1 else f'are {n} shapes'}: {listed}."
+
+
+# ----------------------------------------------------------------------------------------------------
+# Text documents. Each generator returns one document (one line) in one language.
+
+
+def _count_zh(n: int, thing: tuple) -> str:
+    return f"{n}{thing[1]}{thing[0]}"
+
+
+def _count_en(n: int, thing: tuple) -> str:
+    return f"{n} {thing[2] if n == 1 else thing[3]}"
+
+
+def doc_scene(rng, lang):
+    things = random_scene(rng)
+    lead = rng.choice(["", "这是一幅画。", "看这张图片。"] if lang == "zh" else ["", "This is a picture. ", "Look at the image. "])
+    text = lead + describe_scene(things, lang)
+    # A follow-up sentence only about a thing that the sentence names unambiguously (its color is unique).
+    unique = [t for t in things if sum(o.color == t.color for o in things) == 1 and sum(o.shape == t.shape for o in things) == 1]
+    if not unique:
+        return text
+    t = rng.choice(unique)
+    if lang == "zh":
+        text += rng.choice([f"{t.color.zh}的图形是{t.shape[0]}。", f"{t.shape[0]}在{t.position[0]}。",
+                            f"{t.position[0]}的图形是{t.color.zh}的。", ""])
+    else:
+        text += rng.choice([f" The {t.color.en} shape is a {t.shape[1]}.", f" The {t.shape[1]} is at the {t.position[1]}.",
+                            f" The shape at the {t.position[1]} is {t.color.en}.", ""])
+    return text
+
+
+def doc_story(rng, lang):
+    """Counting and arithmetic stories whose numbers are always right."""
+    thing = rng.choice(THINGS + ANIMALS)
+    is_animal = thing in ANIMALS
+    a = rng.randint(1, 9)
+    kind = rng.choice(["take", "add", "two_step"])
+    b = rng.randint(1, a) if kind == "take" else rng.randint(1, 9)
+    if lang == "zh":
+        who = rng.choice(PEOPLE_ZH)
+        if is_animal:
+            place = rng.choice(PLACES)[0]
+            if kind == "take":
+                return f"{place}有{_count_zh(a, thing)}，走了{b}{thing[1]}，还剩{_count_zh(a - b, thing)}。"
+            s = f"{place}有{_count_zh(a, thing)}，又来了{b}{thing[1]}，现在一共有{_count_zh(a + b, thing)}。"
+            return s + (f"{who}数了数，一共是{a + b}{thing[1]}。" if kind == "two_step" else "")
+        if kind == "take":
+            verb = rng.choice(["吃了", "送给朋友", "弄丢了"]) if thing[0] in ("苹果", "香蕉", "梨", "桃子", "糖") \
+                else rng.choice(["送给朋友", "弄丢了"])
+            return f"{who}有{_count_zh(a, thing)}，{verb}{b}{thing[1]}，还剩{_count_zh(a - b, thing)}。"
+        other = rng.choice([p for p in PEOPLE_ZH if p != who])
+        s = f"{who}有{_count_zh(a, thing)}，{other}又给了{who}{b}{thing[1]}，现在{who}有{_count_zh(a + b, thing)}。"
+        if kind == "two_step":
+            c = rng.randint(1, a + b)
+            s += f"后来{who}送出{c}{thing[1]}，还剩{_count_zh(a + b - c, thing)}。"
+        return s
+    name, pron = rng.choice(PEOPLE_EN)
+    obj = "him" if pron == "he" else "her"
+    if is_animal:
+        place = rng.choice(PLACES)[1]
+        be = "is" if a == 1 else "are"
+        if kind == "take":
+            left = a - b
+            return (f"There {be} {_count_en(a, thing)} {place}. {b} {'goes' if b == 1 else 'go'} away. "
+                    f"Now there {'is' if left == 1 else 'are'} {_count_en(left, thing)} left.")
+        s = f"There {be} {_count_en(a, thing)} {place}. {b} more {'comes' if b == 1 else 'come'}. Now there are {_count_en(a + b, thing)}."
+        return s + (f" {name} counts them: {a + b}." if kind == "two_step" else "")
+    if kind == "take":
+        verb = rng.choice(["eats", "gives away", "loses"]) if thing[2] in ("apple", "banana", "pear", "peach", "candy") \
+            else rng.choice(["gives away", "loses"])
+        return f"{name} has {_count_en(a, thing)}. {pron.capitalize()} {verb} {b}. Now {pron} has {_count_en(a - b, thing)}."
+    friend = rng.choice([p for p, _ in PEOPLE_EN if p != name])
+    s = f"{name} has {_count_en(a, thing)}. {friend} gives {obj} {b} more. Now {name} has {_count_en(a + b, thing)}."
+    if kind == "two_step":
+        c = rng.randint(1, a + b)
+        s += f" Then {pron} gives away {c}, so {pron} has {_count_en(a + b - c, thing)}."
+    return s
+
+
+def doc_fact(rng, lang):
+    """True facts: color mixing, arithmetic, comparisons, shapes' sides, translations of world words."""
+    kind = rng.choice(["mix", "math", "math", "compare", "size", "sides", "translate"])
+    if kind == "mix":
+        m = rng.choice(MIXES)
+        return f"{m[0]}和{m[1]}混在一起是{m[2]}。" if lang == "zh" else f"{m[3].capitalize()} and {m[4]} make {m[5]}."
+    if kind == "math":
+        a, b = rng.randint(0, 20), rng.randint(0, 20)
+        if rng.random() < 0.5:
+            return f"{a}加{b}等于{a + b}。" if lang == "zh" else f"{a} plus {b} is {a + b}."
+        a, b = max(a, b), min(a, b)
+        return f"{a}减{b}等于{a - b}。" if lang == "zh" else f"{a} minus {b} is {a - b}."
+    if kind == "compare":
+        a, b = rng.sample(range(0, 30), 2)
+        if lang == "zh":
+            return f"{a}比{b}{'大' if a > b else '小'}。"
+        return f"{a} is {'greater' if a > b else 'less'} than {b}."
+    if kind == "size":
+        i, j = rng.sample(range(len(BY_SIZE)), 2)
+        x, y = BY_SIZE[i], BY_SIZE[j]
+        if lang == "zh":
+            return f"{x[0]}比{y[0]}{'大' if i > j else '小'}。"
+        return f"A {x[1]} is {'bigger' if i > j else 'smaller'} than a{'n' if y[1][0] in 'aeiou' else ''} {y[1]}."
+    if kind == "sides":
+        zh, en = rng.choice(SHAPES)
+        n = SIDES[en]
+        if lang == "zh":
+            return f"{zh}没有角。" if n == 0 else f"{zh}有{n}条边。"
+        return f"A {en} has no corners." if n == 0 else f"A {en} has {n} sides."
+    zh, en = rng.choice([(c.zh, c.en) for c in COLORS] + SHAPES + [(t[0], t[2]) for t in THINGS + ANIMALS])
+    return f"“{zh}”的英文是“{en}”。" if lang == "zh" else f'"{en}" in Chinese is "{zh}".'
+
+
+def doc_dialogue(rng, lang):
+    """Two people talk about something in the world; the answer always matches the question."""
+    thing = rng.choice(THINGS)
+    color = rng.choice(COLORS)
+    n = rng.randint(1, 9)
+    kind = rng.choice(["count", "color", "where"])
+    if lang == "zh":
+        a, b = rng.sample(PEOPLE_ZH, 2)
+        if kind == "count":
+            return f"{a}问：“你有几{thing[1]}{thing[0]}？”{b}说：“我有{_count_zh(n, thing)}。”"
+        if kind == "color":
+            return f"{a}问：“你的{thing[0]}是什么颜色的？”{b}说：“我的{thing[0]}是{color.zh}的。”"
+        place = rng.choice(PLACES)[0]
+        return f"{a}问：“{thing[0]}在哪里？”{b}说：“{thing[0]}在{place}。”"
+    (a, _), (b, _) = rng.sample(PEOPLE_EN, 2)
+    if kind == "count":
+        return f'{a} asks, "How many {thing[3]} do you have?" {b} says, "I have {_count_en(n, thing)}."'
+    if kind == "color":
+        return f'{a} asks, "What color is your {thing[2]}?" {b} says, "My {thing[2]} is {color.en}."'
+    place = rng.choice(PLACES)[1]
+    return f'{a} asks, "Where is the {thing[2]}?" {b} says, "The {thing[2]} is {place}."'
+
+
+DOC_KINDS = {"scene": (doc_scene, 3), "story": (doc_story, 4), "fact": (doc_fact, 3), "dialogue": (doc_dialogue, 2)}
+
+
+def random_doc(rng: random.Random) -> str:
+    """One document of a random kind (weighted) in a random language; sometimes 2–3 sentences joined."""
+    kinds = list(DOC_KINDS)
+    weights = [DOC_KINDS[k][1] for k in kinds]
+    lang = rng.choice(["zh", "en"])
+    parts = [DOC_KINDS[k][0](rng, lang) for k in rng.choices(kinds, weights, k=rng.choice([1, 1, 2, 3]))]
+    return ("" if lang == "zh" else " ").join(parts)
+
+
+def generate_docs(n_bytes: int, seed: int) -> list:
+    """Documents until their UTF-8 size reaches n_bytes; the same seed always gives the same list."""
+    rng = random.Random(seed)
+    docs, total = [], 0
+    while total < n_bytes:
+        d = random_doc(rng)
+        docs.append(d)
+        total += len(d.encode("utf-8")) + 1
+    return docs
+
+
+def is_val(doc: str, val_percent: int = 2) -> bool:
+    """Stable hash split: the same text is always on the same side, whatever the seed or order."""
+    return int.from_bytes(hashlib.blake2b(doc.encode("utf-8"), digest_size=8).digest(), "little") % 100 < val_percent
+
+
+def build_corpus(size_mb: float = 4.0, seed: int = 1337, val_percent: int = 2) -> tuple:
+    """(train_docs, val_docs) of the text world, about size_mb megabytes in all."""
+    docs = generate_docs(int(size_mb * 1e6), seed)
+    train = [d for d in docs if not is_val(d, val_percent)]
+    val = [d for d in docs if is_val(d, val_percent)]
+    return train, val
+
+
+def corpus_files(size_mb: float = 4.0, seed: int = 1337, out_dir=None) -> tuple:
+    """Paths of train.txt and val.txt for this size and seed, written once and reused by later runs."""
+    out = Path(out_dir) if out_dir else RUNS_DIR / "world" / f"text-{size_mb:g}mb-seed{seed}"
+    train_path, val_path = out / "train.txt", out / "val.txt"
+    if not (train_path.is_file() and val_path.is_file()):
+        train, val = build_corpus(size_mb, seed)
+        out.mkdir(parents=True, exist_ok=True)
+        for path, docs in ((train_path, train), (val_path, val)):
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("\n".join(docs) + "\n", encoding="utf-8")
+            tmp.replace(path)
+    return train_path, val_path
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+_HAN = re.compile(r"[\u4e00-\u9fff]")
+
+
+def corpus_stats(docs: list) -> dict:
+    text = "\n".join(docs)
+    zh_docs = sum(1 for d in docs if _HAN.search(d))
+    return {"documents": len(docs), "characters": len(text), "bytes": len(text.encode("utf-8")),
+            "distinct_english_words": len(set(re.findall(r"[A-Za-z]+", text.lower()))),
+            "distinct_chinese_characters": len(set(_HAN.findall(text))),
+            "zh_share_of_documents": round(zh_docs / max(1, len(docs)), 3)}
+
+
+def main():
+    p = argparse.ArgumentParser(description="The course's data world: preview it or write its text corpus.")
+    p.add_argument("--preview", action="store_true", help="print sample documents and statistics")
+    p.add_argument("--size-mb", type=float, default=4.0, help="corpus size in megabytes")
+    p.add_argument("--seed", type=int, default=1337, help="seed: the same seed gives the same corpus")
+    p.add_argument("--out", default=None, help="folder for train.txt/val.txt (default runs/world/...)")
+    args = p.parse_args()
+    if args.preview:
+        rng = random.Random(args.seed)
+        for kind, (make, _) in DOC_KINDS.items():
+            for lang in ("zh", "en"):
+                print(f"[{kind}/{lang}] {make(rng, lang)}")
+        train, val = build_corpus(args.size_mb, args.seed)
+        print(f"\ntrain: {corpus_stats(train)}\nval:   {corpus_stats(val)}")
+        return
+    train_path, val_path = corpus_files(args.size_mb, args.seed, args.out)
+    print(f"wrote {train_path} and {val_path}")
+
+
+if __name__ == "__main__":
+    main()
