@@ -1,0 +1,231 @@
+"""Measured ablations of the image path (消融实验): each row changes ONE thing against the baseline, trains
+both stages briefly on cached frozen features, and scores held-out pictures per question type.
+
+    python ablate.py                       # every row (~30 min on a laptop CPU), writes runs/vlm_ablate/ablation.md
+    python ablate.py --only first,mean     # some rows
+    python ablate.py --quick               # seconds: tiny random model, shows the table's shape only
+
+Baseline = train.py's defaults (all patches, linear projection, stage 1 trains projection + last 2 LLM layers,
+no loss on image positions, two stages), with fewer steps. The rows:
+  1. image tokens: first patch only (seed 000's bug) / one mean-pooled token (seed 000's fix) / all patches (LLaVA)
+  2. loss on image positions (seed 000's other change) vs none
+  3. stage-1 freeze: projection only / projection + last 2 layers / whole LLM; one stage (SFT only) vs two
+  4. linear vs MLP projection
+"""
+import sys, pathlib
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
+
+import copy
+import json
+import random
+import time
+from dataclasses import replace
+
+import torch
+
+from common import RUNS_DIR
+from common.cli import course_parser, run
+from common.device import pick_device, seed_everything
+from common.errors import CourseError
+from common.training import lr_at, print_summary
+from step6_vlm.data import caption_messages, eval_items, qa_conversation, world_splits
+from step6_vlm.debug import with_image_loss
+from step6_vlm.loop import batches, caption_items, collate, encode, score
+from step6_vlm.model import VLM, VLMConfig, apply_freeze, image_token_id
+
+# Short runs: same learning rates as train.py, far fewer steps, so all rows fit in ~30 CPU minutes.
+PLAN = {"pretrain": dict(steps=150, batch=64, lr=1e-3, proj_lr=2e-3), "sft": dict(steps=450, batch=48, lr=1e-3, proj_lr=1e-3)}
+QUICK_PLAN = {"pretrain": dict(steps=4, batch=8, lr=1e-3, proj_lr=2e-3), "sft": dict(steps=6, batch=8, lr=1e-3, proj_lr=1e-3)}
+
+# name: (group, what changes, overrides). Overrides: VLMConfig fields, stage1_llm, image_loss, stages.
+VARIANTS = {
+    "baseline":      ("", "baseline: all patches, linear, stage 1 = projection + last 2 layers", {}),
+    "first":         ("1 image tokens", "first patch only (seed 000 bug)", {"image_tokens": "first"}),
+    "mean":          ("1 image tokens", "one mean-pooled token (seed 000 fix)", {"image_tokens": "mean"}),
+    "image_loss":    ("2 loss on image positions", "loss on image positions too (seed 000)", {"image_loss": True}),
+    "stage1_frozen": ("3 stage-1 freeze", "stage 1: projection only, LLM frozen (LLaVA-1/minimind-v)", {"stage1_llm": "frozen"}),
+    "stage1_all":    ("3 stage-1 freeze", "stage 1: projection + whole LLM", {"stage1_llm": "all"}),
+    "one_stage":     ("3 stage-1 freeze", "one stage: SFT only, same total steps", {"stages": ("sft",)}),
+    "mlp":           ("4 projection", "MLP projection (Linear-GELU-Linear)", {"projector": "mlp"}),
+}
+# the groups of the table, each with the baseline as its reference row
+GROUPS = {"1 image tokens": ["baseline", "first", "mean"], "2 loss on image positions": ["baseline", "image_loss"],
+          "3 stage-1 freeze": ["stage1_frozen", "baseline", "stage1_all", "one_stage"], "4 projection": ["baseline", "mlp"]}
+BASELINE_LABEL = {"1 image tokens": "all patches (LLaVA, baseline)", "2 loss on image positions": "answer tokens only (baseline)",
+                  "3 stage-1 freeze": "stage 1: projection + last 2 layers (baseline)", "4 projection": "linear, no bias (baseline)"}
+
+
+def load_init_llm():
+    """The LLM every VLM starts from, as train.py: runs/sft if it exists, else runs/pretrain."""
+    from step2_gpt.model import load_gpt
+    for path in (RUNS_DIR / "sft", RUNS_DIR / "pretrain"):
+        if (path / "config.json").is_file():
+            gpt, tok, ckpt = load_gpt(path, expect_steps=("pretrain", "sft", "rlhf", "gpt"))
+            return gpt, tok, str(ckpt.path)
+    raise CourseError("no language model to start from (runs/sft or runs/pretrain); make one with: "
+                      "python step3_pretrain/train.py  (or pass --quick for a smoke run)")
+
+
+def build_variant(gpt, cfg: VLMConfig, overrides: dict) -> VLM:
+    """A fresh VLM for one row: a copy of the start LLM (rows never share weights) and the row's config."""
+    fields = {k: v for k, v in overrides.items() if k in ("image_tokens", "projector")}
+    return VLM(copy.deepcopy(gpt), replace(cfg, **fields))
+
+
+def train_stage(vlm, tok, examples, feats, stage: str, plan: dict, stage1_llm: str, seed: int, device) -> dict:
+    """One stage as train.py trains it (freeze table, AdamW, warmup + cosine, clipping), without logging.
+    Returns the projection's gradient norm at the first step (it must be > 0) and the final loss."""
+    apply_freeze(vlm, stage, stage1_llm, 2)
+    proj = [p for p in vlm.projection.parameters() if p.requires_grad]
+    llm = [p for p in vlm.llm.parameters() if p.requires_grad]
+    groups = [{"params": proj, "base": plan["proj_lr"]}] + ([{"params": llm, "base": plan["lr"]}] if llm else [])
+    opt = torch.optim.AdamW(groups, lr=plan["lr"], weight_decay=0.0, betas=(0.9, 0.95))
+    it, grad0, t0 = batches(examples, plan["batch"], seed), None, time.perf_counter()
+    vlm.train()
+    for step in range(plan["steps"]):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, max_lr=g["base"], total_steps=plan["steps"], warmup_steps=min(50, plan["steps"] // 10))
+        x, y, idx = collate(next(it), tok.pad_id)                     # (B, T), (B, T), (B,)
+        _, loss = vlm(x.to(device), y.to(device), image_features=feats[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad0 is None:
+            grad0 = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in proj if p.grad is not None)))
+        torch.nn.utils.clip_grad_norm_(proj + llm, 1.0)
+        opt.step()
+    return {"proj_grad0": grad0, "loss": loss.item(), "s": time.perf_counter() - t0}
+
+
+def run_variant(name: str, ctx: dict) -> dict:
+    """Train one row (stage 1 on captions, stage 2 on questions) and score it on held-out pictures."""
+    _, _, ov = VARIANTS[name]
+    tok, feats, dev, sp, plan = ctx["tok"], ctx["feats"], ctx["device"], ctx["splits"], ctx["plan"]
+    vlm = build_variant(ctx["gpt"], ctx["cfg"], ov).to(dev)
+    stages = ov.get("stages", ("pretrain", "sft"))
+    rng = random.Random(ctx["seed"])
+    out, t0 = {"row": name}, time.perf_counter()
+    for stage in stages:
+        if stage == "pretrain":
+            convs = [(i, caption_messages(s, lang)) for i, s in enumerate(sp.train) for lang in ("zh", "en")]
+        else:
+            convs = [(i, qa_conversation(s, rng)) for _ in range(3) for i, s in enumerate(sp.train)]
+        ex = encode(vlm, tok, convs)
+        if ov.get("image_loss"):
+            ex = with_image_loss(ex, vlm.config.image_token_id)
+        p = dict(plan[stage])
+        if len(stages) == 1:  # one stage gets the steps of both, so it is not simply trained less
+            p["steps"] = plan["pretrain"]["steps"] + plan["sft"]["steps"]
+        r = train_stage(vlm, tok, ex, feats, stage, p, ov.get("stage1_llm", "last_n"), ctx["seed"], dev)
+        out[f"{stage}_proj_grad0"] = round(r["proj_grad0"], 5)
+        out[f"{stage}_final_loss"] = round(r["loss"], 4)
+        if stage == "pretrain":
+            out["caption_accuracy"] = round(score(vlm, tok, ctx["captions"], feats, dev)["overall"], 4)
+    vqa = score(vlm, tok, ctx["items"], feats, dev)
+    desc = score(vlm, tok, ctx["describe"], feats, dev)
+    combo = score(vlm, tok, ctx["combo"], feats, dev)
+    out.update(vqa_accuracy=round(vqa["overall"], 4), by_type=vqa["by_type"] | {"describe": round(desc["overall"], 4)}, heldout_combo_accuracy=round(combo["overall"], 4),
+               image_tokens_per_image=vlm.tokens_per_image, train_s=round(time.perf_counter() - t0, 1))
+    return out
+
+
+def command(name: str, quick: bool) -> str:
+    return f"python step6_vlm/ablate.py --only {name}" + (" --quick" if quick else "")
+
+
+def table(results: dict, quick: bool, machine: str) -> str:
+    """Markdown: one block per ablation, the baseline repeated as each block's reference row."""
+    types = ("color", "shape", "count", "position")
+    head = ("| ablation | setting | VQA | " + " | ".join(types) + " | describe | held-out combos | stage-1 captions "
+            "| proj. grad (1st step) | train s | command |")
+    lines = [f"Measured on {machine}; held-out pictures, exact match of the greedy answer.", "", head,
+             "|" + "---|" * (head.count("|") - 1)]
+    for group, names in GROUPS.items():
+        for n in names:
+            if n not in results:
+                continue
+            r = results[n]
+            label = BASELINE_LABEL[group] if n == "baseline" else VARIANTS[n][1]
+            by = r["by_type"]
+            g0 = r.get("pretrain_proj_grad0", r.get("sft_proj_grad0"))
+            lines.append(f"| {group} | {label} | {r['vqa_accuracy']:.1%} | " + " | ".join(f"{by.get(t, 0):.1%}" for t in types)
+                         + f" | {by.get('describe', 0):.1%} | {r['heldout_combo_accuracy']:.1%} | "
+                         + (f"{r['caption_accuracy']:.1%}" if "caption_accuracy" in r else "—")
+                         + f" | {g0:.2e} | {r['train_s']:.0f} | `{command(n, quick)}` |")
+    return "\n".join(lines) + "\n"
+
+
+def setup(args, dev) -> dict:
+    """Start LLM, frozen features of train + held-out pictures (from the cache), and the evaluation sets."""
+    if args.quick:
+        from step6_vlm.debug import quick_parts
+        n_train, n_test, n_combo, plan = 32, 8, 8, copy.deepcopy(QUICK_PLAN)
+        sp = world_splits(n_train, n_test, n_combo, seed=args.seed)
+        tok, gpt, cfg, feats = quick_parts(sp.train + sp.test + sp.combo, dev, args.seed)
+        src = "tiny random model (--quick)"
+    else:
+        from step6_vlm.loop import world_features
+        from step6_vlm.vision import default_vision_encoder, image_size, load_vision_encoder
+        gpt, tok, src = load_init_llm()
+        enc = args.vision_encoder or default_vision_encoder()
+        vision, proc = load_vision_encoder(enc, dev)
+        n_train, n_test, n_combo, plan = args.images, args.eval_images, 300, copy.deepcopy(PLAN)
+        sp = world_splits(n_train, n_test, n_combo, seed=args.seed)
+        feats, _ = world_features(vision, proc, sp.train + sp.test + sp.combo, enc, -2, image_size(proc))
+        vc = vision.config
+        cfg = VLMConfig(enc, vc.hidden_size, feats.shape[1], image_size(proc), image_token_id(tok))
+    for stage, flag in (("pretrain", args.pretrain_steps), ("sft", args.sft_steps)):
+        if flag:
+            plan[stage]["steps"] = flag
+    t_off, c_off = n_train, n_train + n_test
+    items = [dict(it, image=it["image"] + t_off) for it in eval_items(sp.test, args.seed)]
+    return {"tok": tok, "gpt": gpt, "cfg": cfg, "feats": feats, "device": dev, "splits": sp, "plan": plan,
+            "seed": args.seed, "src": src, "items": [it for it in items if it["type"] != "describe"],
+            "describe": [it for it in items if it["type"] == "describe"],
+            "combo": [dict(it, image=it["image"] + c_off) for it in eval_items(sp.combo, args.seed, combo=True)
+                      if it["type"] != "describe"],
+            "captions": [dict(it, image=it["image"] + t_off) for it in caption_items(sp.test, args.seed)]}
+
+
+def main():
+    p = course_parser("Measured ablations of the VLM's image path (消融实验)")
+    p.add_argument("--only", default=None, help=f"只跑这些行 comma list of rows: {', '.join(VARIANTS)}")
+    p.add_argument("--images", type=int, default=8000, help="训练图像数 training pictures (as train.py: features come from its cache)")
+    p.add_argument("--eval-images", type=int, default=400, help="评估图像数 held-out pictures")
+    p.add_argument("--pretrain-steps", type=int, default=None, help=f"阶段1步数 (default {PLAN['pretrain']['steps']})")
+    p.add_argument("--sft-steps", type=int, default=None, help=f"阶段2步数 (default {PLAN['sft']['steps']})")
+    p.add_argument("--vision-encoder", default=None, help="视觉编码器 (default: as train.py)")
+    p.add_argument("--machine", default="2-core CPU", help="机器 how to name this machine in the table")
+    args = p.parse_args()
+    names = args.only.split(",") if args.only else list(VARIANTS)
+    bad = [n for n in names if n not in VARIANTS]
+    if bad:
+        raise CourseError(f"unknown row(s) {bad}; choose from {', '.join(VARIANTS)}")
+    if "baseline" not in names:  # every block compares against the baseline
+        names.insert(0, "baseline")
+    t0 = time.perf_counter()
+    seed_everything(args.seed)
+    dev = pick_device(args.device)
+    ctx = setup(args, dev)
+    out = pathlib.Path(args.out) if args.out else RUNS_DIR / ("vlm_ablate_quick" if args.quick else "vlm_ablate")
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "ablation.json"
+    results = json.loads(saved.read_text()) if saved.is_file() and args.only else {}  # --only adds rows to the table
+    print(f"ablations from {ctx['src']}, features {tuple(ctx['feats'].shape)}, steps {ctx['plan']['pretrain']['steps']}"
+          f" + {ctx['plan']['sft']['steps']}", file=sys.stderr)
+    for n in names:
+        seed_everything(args.seed)  # every row starts from the same random state
+        results[n] = r = run_variant(n, ctx)
+        print(f"[{n}] VQA {r['vqa_accuracy']:.1%} {r['by_type']} combos {r['heldout_combo_accuracy']:.1%} "
+              f"({r['train_s']:.0f} s)", file=sys.stderr)
+        saved.write_text(json.dumps(results, indent=1))  # after every row: a stopped run keeps what it measured
+    md = table(results, args.quick, args.machine)
+    (out / "ablation.md").write_text(md, encoding="utf-8")
+    print(md, file=sys.stderr)
+    print_summary(rows={n: {k: r[k] for k in ("vqa_accuracy", "by_type", "heldout_combo_accuracy", "train_s")}
+                        | {k: v for k, v in r.items() if k.endswith(("proj_grad0", "caption_accuracy"))}
+                        for n, r in results.items()},
+                  plan=ctx["plan"], table=str(out / "ablation.md"), wall_s=round(time.perf_counter() - t0, 1))
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,388 @@
+"""Step 6 data: the data world drawn as pictures (design §4), its captions and questions, and loaders for
+real image–text data (LLaVA-style JSON, a folder with captions.json, a Hugging Face dataset by name).
+
+The pictures are made so that CLIP's patch grid and the scene's 3×3 grid agree: a 63×63 image cut into
+21-pixel patches gives exactly one patch per grid cell, so each image token carries one cell's content.
+"""
+import sys, pathlib
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+from common.errors import CourseError
+from common.world import COLORS, POSITIONS, SHAPES, SIZES, Thing, describe_scene, random_scene
+
+IMAGE_SIZE = 63            # pixels per side
+GRID = 3                   # the world's 3×3 grid
+CELL = IMAGE_SIZE // GRID  # 21 pixels: one CLIP patch per cell
+BACKGROUND = (128, 128, 128)  # mid grey: both black and white shapes stand out
+RENDER_VERSION = "world-v1"   # part of the feature-cache key of world images: bump it when drawing changes
+SUPERSAMPLE = 4               # draw 4× larger, then shrink: smooth edges, like a real photo's
+
+# Attribute combinations that never appear in any training image (stage 0, 1 or 2): each color and each
+# shape is still seen, only these pairs are new at test time. Honest test of compositional generalization.
+HELDOUT_COMBOS = {("red", "star"), ("green", "hexagon"), ("blue", "triangle"), ("yellow", "circle"),
+                  ("purple", "diamond"), ("orange", "square")}
+
+CAPTION_PROMPTS = {"zh": "<image>\n这个图像中有什么内容？", "en": "<image>\nWhat is in this image?"}
+DESCRIBE_PROMPTS = {"zh": "描述这张图片", "en": "Describe this image."}
+QUESTION_TYPES = ("color", "shape", "count", "position", "describe")
+
+
+def allowed_in_training(color, shape) -> bool:
+    return (color.en, shape[1]) not in HELDOUT_COMBOS
+
+
+def scene_key(things) -> str:
+    """A stable identity of a scene (and so of its picture): used for splits and the feature cache."""
+    return ";".join(f"{t.row}{t.col}:{t.color.en}:{t.shape[1]}:{t.size[1]}" for t in things)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Drawing
+
+
+def _polygon(cx, cy, r, n, phase=-math.pi / 2, inner=None):
+    """Regular polygon (or a star when `inner` radius is given) centred at (cx, cy)."""
+    pts = []
+    steps = 2 * n if inner else n
+    for i in range(steps):
+        rad = inner if inner and i % 2 else r
+        a = phase + 2 * math.pi * i / steps
+        pts.append((cx + rad * math.cos(a), cy + rad * math.sin(a)))
+    return pts
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape_en: str, cx: float, cy: float, r: float, fill) -> None:
+    if shape_en == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape_en == "square":
+        s = r * 0.85  # same visual weight as the circle
+        draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=fill)
+    elif shape_en == "triangle":
+        draw.polygon(_polygon(cx, cy + r * 0.15, r * 1.05, 3), fill=fill)
+    elif shape_en == "star":
+        draw.polygon(_polygon(cx, cy, r * 1.05, 5, inner=r * 0.45), fill=fill)
+    elif shape_en == "diamond":
+        draw.polygon([(cx, cy - r), (cx + r * 0.75, cy), (cx, cy + r), (cx - r * 0.75, cy)], fill=fill)
+    elif shape_en == "hexagon":
+        draw.polygon(_polygon(cx, cy, r, 6, phase=0.0), fill=fill)
+    else:
+        raise CourseError(f"unknown shape {shape_en!r}; the world has {[s[1] for s in SHAPES]}")
+
+
+def render_scene(things, size: int = IMAGE_SIZE) -> Image.Image:
+    """Draw a scene: each thing centred in its grid cell, big or small. Deterministic for a scene."""
+    big = size * SUPERSAMPLE
+    img = Image.new("RGB", (big, big), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    cell = big / GRID
+    for t in things:
+        r = cell * (0.42 if t.size[1] == "big" else 0.26)
+        draw_shape(draw, t.shape[1], (t.col + 0.5) * cell, (t.row + 0.5) * cell, r, t.color.rgb)
+    return img.resize((size, size), Image.LANCZOS)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Texts about a scene: captions (stage 1) and questions with exactly one right answer (stage 2, eval)
+
+
+def caption_messages(things, lang: str) -> list:
+    return [{"role": "user", "content": CAPTION_PROMPTS[lang]},
+            {"role": "assistant", "content": describe_scene(things, lang)}]
+
+
+def _unique_things(things):
+    """Things whose color+shape pair occurs once in the scene: "where is the red star" has one answer."""
+    return [t for t in things if sum((o.color, o.shape) == (t.color, t.shape) for o in things) == 1]
+
+
+def question(qtype: str, things, rng: random.Random, lang: str, target: Thing | None = None) -> tuple:
+    """(question, answer) of one type, or None when it has no single answer. Color/shape questions point at a cell that holds a thing, position
+    questions name a thing that is unique in the scene, so every question has exactly one right answer."""
+    zh = lang == "zh"
+    if qtype in ("color", "shape"):
+        t = target or rng.choice(things)
+        pos = t.position[0] if zh else t.position[1]
+        if qtype == "color":
+            q = f"{pos}的图形是什么颜色？" if zh else f"What color is the shape at the {pos}?"
+            return q, t.color.zh if zh else t.color.en
+        q = f"{pos}的图形是什么形状？" if zh else f"What shape is at the {pos}?"
+        return q, t.shape[0] if zh else t.shape[1]
+    if qtype == "count":
+        return ("图中有几个图形？", f"{len(things)}个") if zh else ("How many shapes are there?", str(len(things)))
+    if qtype == "position":
+        if target is None and not _unique_things(things):
+            return None  # e.g. two red stars: "where is the red star" has no single answer, so it is not asked
+        t = target or rng.choice(_unique_things(things))
+        q = f"{t.color.zh}的{t.shape[0]}在哪里？" if zh else f"Where is the {t.color.en} {t.shape[1]}?"
+        return q, t.position[0] if zh else t.position[1]
+    if qtype == "describe":
+        return DESCRIBE_PROMPTS[lang], describe_scene(things, lang)
+    raise CourseError(f"unknown question type {qtype!r}; choose from {QUESTION_TYPES}")
+
+
+def qa_conversation(things, rng: random.Random, max_turns: int = 4, describe_p: float = 0.15) -> list:
+    """A stage-2 conversation: 1–max_turns questions about one image, the image given in the first turn.
+    Several answers per image make each sequence (and each pass of the frozen features) teach more."""
+    lang = rng.choice(["zh", "en"])
+    types = ["color", "shape", "count", "position"]
+    rng.shuffle(types)
+    turns = types[:rng.randint(1, max_turns)]
+    if rng.random() < describe_p:
+        turns.insert(rng.randint(0, len(turns)), "describe")
+    msgs = []
+    for qt in turns:
+        qa = question(qt, things, rng, lang)
+        if qa:
+            msgs += [{"role": "user", "content": ("<image>\n" + qa[0]) if not msgs else qa[0]},
+                     {"role": "assistant", "content": qa[1]}]
+    return msgs
+
+
+# ----------------------------------------------------------------------------------------------------
+# The world's splits
+
+
+@dataclass
+class WorldSplits:
+    train: list                    # scenes (lists of Thing) for training: no held-out combination in them
+    test: list                     # held-out images: never in training, same combinations as training
+    combo: list                    # held-out combinations: each has ≥1 thing of a combination never trained on
+    info: dict = field(default_factory=dict)
+
+
+def world_splits(n_train: int = 8000, n_test: int = 400, n_combo: int = 300, seed: int = 1337) -> WorldSplits:
+    """Seeded splits. Test scenes are drawn first and their exact scenes are barred from training."""
+    rng = random.Random(seed + 6)
+    test, seen = [], set()
+    while len(test) < n_test:
+        s = random_scene(rng, allowed=allowed_in_training)
+        if scene_key(s) not in seen:
+            seen.add(scene_key(s))
+            test.append(s)
+    combo = []
+    while len(combo) < n_combo:
+        s = random_scene(rng)
+        if any(not allowed_in_training(t.color, t.shape) for t in s) and scene_key(s) not in seen:
+            seen.add(scene_key(s))
+            combo.append(s)
+    train = []
+    while len(train) < n_train:
+        s = random_scene(rng, allowed=allowed_in_training)
+        if scene_key(s) not in seen:  # exact held-out pictures never appear in training
+            train.append(s)
+    return WorldSplits(train, test, combo, {"n_train": n_train, "n_test": n_test, "n_combo": n_combo, "seed": seed})
+
+
+def eval_items(scenes, seed: int, combo: bool = False) -> list:
+    """Single-turn evaluation questions: per image one of each type (random language). For held-out
+    combinations the color/shape/position questions ask about the never-trained thing itself."""
+    rng = random.Random(seed + 99)
+    items = []
+    for i, s in enumerate(scenes):
+        lang = rng.choice(["zh", "en"])
+        novel = [t for t in s if not allowed_in_training(t.color, t.shape)]
+        for qt in ("color", "shape", "count", "position", "describe"):
+            target = None
+            if combo and qt in ("color", "shape", "position"):
+                cands = [t for t in novel if qt != "position" or t in _unique_things(s)]
+                if not cands:
+                    continue
+                target = rng.choice(cands)
+            qa = question(qt, s, rng, lang, target)
+            if qa:
+                items.append({"image": i, "type": qt, "lang": lang, "question": qa[0], "answer": qa[1]})
+    return items
+
+
+# ----------------------------------------------------------------------------------------------------
+# Real images: load any file safely, and the loaders for real data sets
+
+MIN_SIDE, MAX_PIXELS = 8, 64_000_000
+
+
+def load_image(path) -> Image.Image:
+    """Open an image file as RGB, or raise a CourseError with one sentence saying what is wrong.
+    Greyscale, palette, RGBA (laid on white), CMYK and 16-bit images are converted; tiny, huge, empty
+    and unreadable files are refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CourseError(f"image {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CourseError(f"image {path} is an empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise CourseError(f"image {path} is too large ({w}×{h} pixels); shrink it below {MAX_PIXELS:,} pixels")
+            im.load()
+    except CourseError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise CourseError(f"image {path} is too large to open safely; shrink it first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise CourseError(f"image {path} cannot be read as an image (corrupt or unsupported format: {e})") from None
+    if min(w, h) < MIN_SIDE:
+        raise CourseError(f"image {path} is too small ({w}×{h} pixels); it must be at least {MIN_SIDE}×{MIN_SIDE}")
+    return to_rgb(im)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode → 8-bit RGB. Transparent pixels become white (what a viewer shows), 16-bit values
+    are scaled to 8 bits instead of being clipped (PIL's plain convert would turn them white)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode != "I" or a.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(a / top * 255.0, 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        a = (a - a.min()) / max(a.max() - a.min(), 1e-12)
+        im = Image.fromarray((a * 255).astype(np.uint8), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    return im.convert("RGB")  # L, CMYK, YCbCr, RGB...
+
+
+def file_key(path) -> str:
+    """Content hash of an image file: the feature cache's key for real images."""
+    return "file:" + hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def _conv_from_llava(conversations) -> list:
+    roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+    msgs = []
+    for turn in conversations:
+        who = turn.get("from", turn.get("role"))
+        if who not in roles:
+            raise CourseError(f"unknown speaker {who!r} in a LLaVA conversation (expected human/gpt)")
+        msgs.append({"role": roles[who], "content": turn.get("value", turn.get("content", ""))})
+    return msgs
+
+
+def load_llava_json(path, image_root=None) -> list:
+    """LLaVA-style `[{"image": "x.jpg", "conversations": [{"from": "human", "value": "<image>\\n…"}, …]}]`
+    → [{"image": Path, "messages": [...]}]. Image paths are relative to `image_root` (default: the JSON's folder)."""
+    path = Path(path)
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CourseError(f"{path} is not a readable JSON file ({e})") from None
+    if isinstance(rows, dict):
+        rows = [rows]
+    root = Path(image_root) if image_root else path.parent
+    out = []
+    for r in rows:
+        if "image" not in r or "conversations" not in r:
+            raise CourseError(f"{path}: every entry needs 'image' and 'conversations' (LLaVA format)")
+        out.append({"image": root / r["image"], "messages": _conv_from_llava(r["conversations"])})
+    return out
+
+
+def load_caption_folder(folder, lang: str = "zh") -> list:
+    """A folder of images with `captions.json` (`{"cat.jpg": "一只橙色的猫…"}`, seed 001's format) → the
+    stage-1 caption conversation for each image."""
+    folder = Path(folder)
+    cap = folder / "captions.json"
+    if not cap.is_file():
+        raise CourseError(f"{folder} has no captions.json (expected {{\"image.jpg\": \"caption\", ...}})")
+    try:
+        caps = json.loads(cap.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CourseError(f"{cap} is not valid JSON ({e})") from None
+    img_dir = folder / "images" if (folder / "images").is_dir() else folder
+    return [{"image": img_dir / name, "messages": [{"role": "user", "content": CAPTION_PROMPTS[lang]},
+                                                   {"role": "assistant", "content": text}]}
+            for name, text in caps.items()]
+
+
+def load_hf_captions(name: str, split: str = "train", limit: int | None = None, lang: str = "en") -> list:
+    """A Hugging Face image–caption dataset by name (needs network and `pip install datasets`; imported
+    lazily so nothing else depends on it). Images stay PIL objects in memory."""
+    try:
+        import datasets  # noqa: F401  (optional dependency)
+    except ImportError:
+        raise CourseError("loading a Hugging Face dataset needs `pip install datasets` (and network)") from None
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:
+        raise CourseError(f"cannot load dataset {name!r} ({type(e).__name__}); offline, use --data with a "
+                          f"local folder or LLaVA JSON instead") from None
+    img_col = next((c for c in ds.column_names if c in ("image", "img", "jpg")), None)
+    cap_col = next((c for c in ds.column_names if c in ("caption", "text", "sentences", "captions")), None)
+    if img_col is None or cap_col is None:
+        raise CourseError(f"dataset {name!r} has no image/caption columns (it has {ds.column_names})")
+    out = []
+    for i, row in enumerate(ds):
+        if limit and i >= limit:
+            break
+        cap = row[cap_col][0] if isinstance(row[cap_col], list) else row[cap_col]
+        out.append({"image": to_rgb(row[img_col]), "messages": [{"role": "user", "content": CAPTION_PROMPTS[lang]},
+                                                                {"role": "assistant", "content": cap}]})
+    return out
+
+
+def load_real_data(sources) -> list:
+    """`--data` entries: a LLaVA JSON file, a captions folder, or `hf:NAME` for a Hugging Face dataset."""
+    out = []
+    for src in sources:
+        if str(src).startswith("hf:"):
+            out += load_hf_captions(str(src)[3:])
+        elif Path(src).is_dir():
+            out += load_caption_folder(src)
+        elif Path(src).is_file():
+            out += load_llava_json(src)
+        else:
+            raise CourseError(f"--data {src}: no such file or folder (give a LLaVA .json, a folder with "
+                              f"captions.json, or hf:NAME)")
+    return out
+
+
+__all__ = ["IMAGE_SIZE", "CELL", "GRID", "HELDOUT_COMBOS", "CAPTION_PROMPTS", "DESCRIBE_PROMPTS", "QUESTION_TYPES",
+           "render_scene", "caption_messages", "question", "qa_conversation", "world_splits", "eval_items",
+           "load_image", "to_rgb", "load_llava_json", "load_caption_folder", "load_hf_captions", "load_real_data",
+           "scene_key", "file_key", "allowed_in_training", "COLORS", "SHAPES", "SIZES", "POSITIONS"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# python data.py --preview grid.png | --test-jpg test.jpg
+
+TEST_SCENE = [Thing(COLORS[0], SHAPES[0], SIZES[0], 0, 0), Thing(COLORS[2], SHAPES[1], SIZES[1], 1, 1),
+              Thing(COLORS[3], SHAPES[3], SIZES[0], 2, 2)]   # big red circle, small blue square, big yellow star
+
+
+def main():
+    p = argparse.ArgumentParser(description="Draw data-world pictures (画出玩具世界的图片)")
+    p.add_argument("--preview", default=None, help="write a grid of 32 training pictures to this PNG")
+    p.add_argument("--test-jpg", default=None, help="write the lesson's test.jpg (3 shapes, 252×252) to this path")
+    args = p.parse_args()
+    if args.test_jpg:
+        render_scene(TEST_SCENE, 4 * IMAGE_SIZE).save(args.test_jpg, quality=95)
+        print(f"wrote {args.test_jpg}: {describe_scene(TEST_SCENE, 'zh')}")
+    if args.preview:
+        sp = world_splits(32, 1, 1)
+        grid = Image.new("RGB", (8 * IMAGE_SIZE, 4 * IMAGE_SIZE))
+        for i, s in enumerate(sp.train):
+            grid.paste(render_scene(s), ((i % 8) * IMAGE_SIZE, (i // 8) * IMAGE_SIZE))
+        grid.save(args.preview)
+        print(f"wrote {args.preview}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""Check the image path on one batch: the checks seed 000 asks for when a VLM "cannot see" (图像识别调试).
+
+    python debug.py                        # a fresh stage-1 model from runs/pretrain + runs/clip
+    python debug.py --init runs/vlm_sft    # a trained checkpoint
+    python debug.py --image-tokens first   # seed 000's bug: 1 of the P patch features reaches the LLM
+    python debug.py --image-loss           # seed 000's "fix": loss on the image positions too
+    python debug.py --quick                # tiny random model, no runs/ needed (seconds)
+
+Prints: where the image tokens sit, placeholders vs features, feature norms before/after the projection
+(next to the word embeddings' norm), the projection's gradient norm after one step, and the loss mask
+token by token.
+"""
+import sys, pathlib
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
+
+import json
+import random
+
+import torch
+
+from common import RUNS_DIR
+from common.cli import course_parser, run
+from common.device import pick_device, seed_everything
+from common.errors import CourseError
+from common.training import print_summary
+from step6_vlm.data import caption_messages, qa_conversation, world_splits
+from step6_vlm.loop import collate, encode
+from step6_vlm.model import VLM, VLMConfig, apply_freeze, image_token_id, load_vlm
+
+
+def with_image_loss(examples, image_id: int) -> list:
+    """Seed 000's change: labels on the image positions too. Each image position then has the next id as its
+    target, which inside the block is `<image>` again: the model is taught to predict a placeholder."""
+    return [(i, ids, [t if t == image_id else lab for t, lab in zip(ids, labels)]) for i, ids, labels in examples]
+
+
+def image_spans(row: list, image_id: int) -> list:
+    """[(start, end)] of the runs of image positions in one sequence (end exclusive)."""
+    spans, start = [], None
+    for k, t in enumerate(row + [None]):
+        if t == image_id and start is None:
+            start = k
+        elif t != image_id and start is not None:
+            spans.append((start, k))
+            start = None
+    return spans
+
+
+def show_token(tok, t: int) -> str:
+    """A token quoted, so leading spaces and newlines are visible: "\\n", " are"."""
+    return json.dumps(tok.token_str(t), ensure_ascii=False) if t >= 0 else "(end)"
+
+
+def loss_mask_lines(tok, x: torch.Tensor, y: torch.Tensor, image_id: int) -> list:
+    """One sequence, token by token: input token → target token, and whether that position is in the loss.
+    A run of image positions is one line (its count and whether any of it is in the loss)."""
+    xs, ys = x.tolist(), y.tolist()
+    while xs and xs[-1] == tok.pad_id and ys[-1] == -100:  # right padding is not part of the example
+        xs, ys = xs[:-1], ys[:-1]
+    lines, k = [f"{'pos':>7}  {'input':<14} {'→ target':<16} loss"], 0
+    while k < len(xs):
+        if xs[k] == image_id:
+            e = k
+            while e < len(xs) and xs[e] == image_id:
+                e += 1
+            inloss = sum(ys[j] != -100 for j in range(k, e))
+            lines.append(f"{f'{k}-{e - 1}':>7}  {f'<image> ×{e - k}':<14} {'(image tokens)':<16} {'✓ ' + str(inloss) if inloss else '·'}")
+            k = e
+            continue
+        nxt = ys[k] if ys[k] != -100 else xs[k + 1] if k + 1 < len(xs) else -1  # the next token, in the loss or not
+        lines.append(f"{k:>7}  {show_token(tok, xs[k]):<14} {'→ ' + show_token(tok, nxt):<16} {'✓' if ys[k] != -100 else '·'}")
+        k += 1
+    return lines
+
+
+def debug_batch(vlm: VLM, tok, examples, feats: torch.Tensor, stage: str = "pretrain", lr: float = 1e-3,
+                stage1_llm: str = "last_n", last_n: int = 2, device="cpu") -> dict:
+    """The seed-000 figures for one batch of encoded examples [(image_index, ids, labels)] and features (N, P, D).
+    Takes one AdamW step on what the freeze table trains, so the projection's change is measured too."""
+    img = vlm.config.image_token_id
+    x, y, idx = collate(examples, tok.pad_id)                            # (B, T), (B, T), (B,)
+    f = feats[idx].to(device)                                            # (B, P, D): one picture per sequence
+    x, y = x.to(device), y.to(device)
+    n_slots = int((x == img).sum())
+    counts = apply_freeze(vlm, stage, stage1_llm, last_n)
+    vlm.train()
+    emb = vlm.image_embeds(f)                                            # (B, n, C) projected image tokens
+    text = vlm.llm.embed(x)[x != img]                                    # (M, C) word embeddings of the batch
+    figures = {
+        "sequences": len(examples), "images": f.shape[0], "patches_per_image": f.shape[1],
+        "image_tokens_per_image": vlm.tokens_per_image, "placeholders": n_slots,
+        "features_available": f.shape[0] * f.shape[1], "features_used": emb.shape[0] * emb.shape[1],
+        "image_positions_seq0": image_spans(x[0].tolist(), img),
+        "feature_norm": round(f.norm(dim=-1).mean().item(), 3),          # mean L2 norm of one patch feature
+        "projected_norm": round(emb.norm(dim=-1).mean().item(), 3),     # … after the projection
+        "text_embedding_norm": round(text.norm(dim=-1).mean().item(), 3),
+        "loss_positions": int((y != -100).sum()),
+        "loss_positions_on_image": int((y == img).sum()),               # targets that are <image> placeholders
+        "trainable": counts,
+    }
+    opt = torch.optim.AdamW([p for p in vlm.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    before = [p.detach().clone() for p in vlm.projection.parameters()]
+    _, loss = vlm(x, y, image_features=f)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = [p.grad for p in vlm.projection.parameters() if p.grad is not None]
+    figures["loss"] = round(loss.item(), 4)
+    figures["projection_grad_norm"] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads))) if grads else 0.0
+    opt.step()
+    figures["projection_update_norm"] = float(torch.sqrt(sum(((p.detach() - b) ** 2).sum()
+                                                             for p, b in zip(vlm.projection.parameters(), before))))
+    figures["loss_mask_seq0"] = loss_mask_lines(tok, x[0].cpu(), y[0].cpu(), img)
+    return figures
+
+
+def report(fig: dict) -> str:
+    """The figures as a student reads them, with what each one says."""
+    ok = lambda good: "OK " if good else "!! "  # noqa: E731
+    P, n = fig["patches_per_image"], fig["image_tokens_per_image"]
+    lines = [
+        f"1. image-token positions (sequence 0): {fig['image_positions_seq0']}  [start, end) — one block per <image>",
+        f"2. {ok(fig['placeholders'] == fig['features_used'])}placeholders {fig['placeholders']} = features spliced in "
+        f"{fig['features_used']} ({fig['images']} images × {n})",
+        f"   {ok(n == P)}features used {fig['features_used']} of {fig['features_available']} available ({n} of {P} patches per image)"
+        + ("" if n == P else "  ← the LLM never sees the other patches (seed 000: only the first patch)" if n == 1 else ""),
+        f"3. feature norm {fig['feature_norm']} → projected {fig['projected_norm']}  (word embeddings: "
+        f"{fig['text_embedding_norm']}; far apart means the image tokens shout or whisper next to the words)",
+        f"4. {ok(fig['projection_grad_norm'] > 0)}projection gradient norm after one backward: {fig['projection_grad_norm']:.3e}; "
+        f"its weights moved by {fig['projection_update_norm']:.3e} in one step",
+        f"   loss over {fig['loss_positions']} positions, {fig['loss_positions_on_image']} of them predict an image token "
+        f"(the answer's loss reaches the projection through attention: no image-position loss is needed)",
+        f"   trainable parameters: {fig['trainable']}",
+        "5. loss mask over sequence 0 (✓ = this position's next-token prediction is in the loss):",
+        *("   " + ln for ln in fig["loss_mask_seq0"]),
+    ]
+    return "\n".join(lines)
+
+
+def quick_parts(scenes, device="cpu", seed: int = 0):
+    """A tokenizer, an untrained 2-layer GPT, and the features (N, 9, 32) of `scenes` from a random small CLIP:
+    everything without runs/ (tests and --quick). Returns (tok, gpt, cfg, feats)."""
+    from transformers import CLIPVisionModel
+    from step1_tokenizer.model import load_tokenizer
+    from step2_gpt.model import GPT, GPTConfig
+    from step6_vlm.data import render_scene
+    from step6_vlm.train_clip import CaptionVocab, small_clip_config
+    from step6_vlm.vision import patch_features, preprocess
+    try:  # the PIL-backend class of newer transformers; older versions run the plain class on PIL
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as Proc
+    except ImportError:
+        from transformers import CLIPImageProcessor as Proc
+    try:
+        tok = load_tokenizer()
+    except CourseError:
+        from common.world import build_corpus
+        from step1_tokenizer.train import train_bpe
+        tok = train_bpe(build_corpus(0.3)[0], 600)
+    torch.manual_seed(seed)
+    vcfg = small_clip_config(len(CaptionVocab.for_world().words), width=32, layers=2, heads=2).vision_config
+    vision = CLIPVisionModel(vcfg).eval().to(device)
+    proc = Proc(size={"shortest_edge": 63}, crop_size={"height": 63, "width": 63})
+    feats = patch_features(vision, preprocess(proc, [render_scene(s) for s in scenes]).to(device), -2)  # (N, 9, 32)
+    gpt = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=2, n_head=2, n_embd=64))
+    cfg = VLMConfig("random small CLIP", vcfg.hidden_size, feats.shape[1], 63, image_token_id(tok))
+    return tok, gpt, cfg, feats
+
+
+def examples_for(vlm, tok, scenes, stage: str, seed: int, n: int) -> list:
+    rng = random.Random(seed)
+    convs = [(i, caption_messages(s, rng.choice(["zh", "en"])) if stage == "pretrain" else qa_conversation(s, rng))
+             for i, s in enumerate(scenes[:n])]
+    return encode(vlm, tok, convs)
+
+
+def main():
+    p = course_parser("Debug the image path on one batch (seed 000's checks)", batch_size=8, lr=1e-3)
+    p.add_argument("--stage", default="pretrain", choices=("pretrain", "sft"), help="阶段 which freeze row and which data")
+    p.add_argument("--image-tokens", default=None, choices=("all", "first", "mean"), help="图像token mode of a fresh model")
+    p.add_argument("--projector", default="linear", choices=("linear", "mlp"), help="投影层 of a fresh model")
+    p.add_argument("--image-loss", action="store_true", help="图像位置也算loss put the image positions in the loss (seed 000)")
+    args = p.parse_args()
+    seed_everything(args.seed)
+    dev = pick_device(args.device)
+    if args.quick:
+        scenes = world_splits(args.batch_size, 0, 0, seed=args.seed).train
+        tok, gpt, cfg, feats = quick_parts(scenes, dev, args.seed)
+        cfg.image_tokens, cfg.projector = args.image_tokens or "all", args.projector
+        vlm, src = VLM(gpt, cfg).to(dev), "tiny random model (--quick)"
+    else:
+        from step6_vlm.loop import world_features
+        from step6_vlm.vision import default_vision_encoder, image_size, load_vision_encoder
+        if args.init:  # a trained VLM checkpoint
+            vlm, tok, _ = load_vlm(args.init, dev, with_vision=False)
+            if args.image_tokens:
+                vlm.config.image_tokens = args.image_tokens
+            src = args.init
+        else:  # a fresh VLM, as stage 1 starts: the course LLM + a new projection
+            from step6_vlm.ablate import load_init_llm
+            gpt, tok, src = load_init_llm()
+            enc = default_vision_encoder()
+            vision, proc = load_vision_encoder(enc, dev)
+            vc = vision.config
+            cfg = VLMConfig(enc, vc.hidden_size, (vc.image_size // vc.patch_size) ** 2, vc.image_size, image_token_id(tok),
+                            args.projector, args.image_tokens or "all")
+            vlm, src = VLM(gpt, cfg).to(dev), f"fresh VLM: LLM {src}, encoder {enc}"
+        scenes = world_splits(args.batch_size, 0, 0, seed=args.seed).train
+        vision, proc = load_vision_encoder(vlm.config.vision_encoder, dev)
+        feats, _ = world_features(vision, proc, scenes, vlm.config.vision_encoder, vlm.config.feature_layer, image_size(proc))
+    ex = examples_for(vlm, tok, scenes, args.stage, args.seed, args.batch_size)
+    if args.image_loss:
+        ex = with_image_loss(ex, vlm.config.image_token_id)
+    fig = debug_batch(vlm, tok, ex, feats, args.stage, args.lr, device=dev)
+    print(f"== image path check on one batch of {len(ex)} ({args.stage} data), model: {src}\n", file=sys.stderr)
+    print(report(fig), file=sys.stderr)
+    print_summary(**{k: v for k, v in fig.items() if k != "loss_mask_seq0"})
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,85 @@
+"""The pieces of step 6's training loop that are not the lesson's point: world features, padded batches,
+and exact-match scoring (shared by train.py, the tests and the evaluation of issue 7)."""
+import random
+
+import torch
+
+from step6_vlm.data import CAPTION_PROMPTS, RENDER_VERSION, caption_messages, render_scene, scene_key
+from step6_vlm.model import VLM, build_example
+from step6_vlm.vision import cached_features, encoder_key
+
+
+def world_features(vision, processor, scenes, vision_encoder: str, feature_layer: int, size: int,
+                   use_cache: bool = True, cache_root=None) -> tuple:
+    """(N, P, D) frozen features of the scenes' pictures, through the cache. Returns (features, n_encoded)."""
+    keys = [f"{RENDER_VERSION}:{size}:{scene_key(s)}" for s in scenes]
+    by_key = dict(zip(keys, scenes))
+    kw = {"cache_root": cache_root} if cache_root else {}
+    return cached_features(vision, processor, keys, lambda k: render_scene(by_key[k], size),
+                           encoder_key(vision_encoder, feature_layer), feature_layer, use_cache=use_cache, **kw)
+
+
+def encode(vlm: VLM, tokenizer, convs) -> list:
+    """[(image_index, messages)] → [(image_index, ids, labels)] (placeholders expanded, labels −100 off-answer)."""
+    return [(i, *build_example(vlm, tokenizer, m)) for i, m in convs]
+
+
+def collate(examples, pad_id: int) -> tuple:
+    """Right-padded (x, y, image_index): x = ids[:-1], y = labels[1:] (y[:, t] is the token after x[:, t])."""
+    T = max(len(ids) for _, ids, _ in examples) - 1
+    x = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    y = torch.full((len(examples), T), -100, dtype=torch.long)
+    for r, (_, ids, lab) in enumerate(examples):
+        x[r, :len(ids) - 1] = torch.tensor(ids[:-1])
+        y[r, :len(ids) - 1] = torch.tensor(lab[1:])
+    return x, y, torch.tensor([i for i, _, _ in examples])
+
+
+def batches(examples, batch_size: int, seed: int):
+    """Endless shuffled batches; each epoch a new order."""
+    rng, epoch = random.Random(seed), 0
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        for k in range(0, len(order) - batch_size + 1, batch_size):
+            yield [examples[j] for j in order[k:k + batch_size]]
+        epoch += 1
+
+
+@torch.no_grad()
+def exact_match(vlm: VLM, examples, feats, pad_id: int, batch_size: int = 256, device="cpu") -> list:
+    """One bool per example: does greedy decoding reproduce the answer exactly (and stop)? Computed in one
+    teacher-forced pass: greedy decoding writes the answer iff at every answer position the most likely
+    next token is the answer's token (by induction over positions), including the closing <|im_end|>."""
+    vlm.eval()
+    out = []
+    for k in range(0, len(examples), batch_size):
+        x, y, idx = collate(examples[k:k + batch_size], pad_id)
+        logits, _ = vlm(x.to(device), image_features=feats[idx].to(device))
+        ok = (logits.argmax(-1).cpu() == y) | (y == -100)    # (B, T)
+        out += ok.all(1).tolist()
+    return out
+
+
+def score(vlm, tokenizer, items, feats, device="cpu") -> dict:
+    """Accuracy overall and per question type of eval items ({"image", "type", "question", "answer"})."""
+    convs = [(it["image"], [{"role": "user", "content": "<image>\n" + it["question"]},
+                            {"role": "assistant", "content": it["answer"]}]) for it in items]
+    ok = exact_match(vlm, encode(vlm, tokenizer, convs), feats, tokenizer.pad_id, device=device)
+    by_type = {}
+    for it, good in zip(items, ok):
+        by_type.setdefault(it["type"], []).append(good)
+    return {"n": len(ok), "overall": sum(ok) / max(1, len(ok)),
+            "by_type": {t: round(sum(v) / len(v), 4) for t, v in by_type.items()}}
+
+
+def caption_items(scenes, seed: int) -> list:
+    """Stage-1 captions of held-out pictures as eval items (type "caption"), random language."""
+    rng = random.Random(seed + 7)
+    out = []
+    for i, s in enumerate(scenes):
+        lang = rng.choice(["zh", "en"])
+        msgs = caption_messages(s, lang)
+        out.append({"image": i, "type": "caption", "lang": lang,
+                    "question": CAPTION_PROMPTS[lang].split("\n", 1)[1], "answer": msgs[1]["content"]})
+    return out

@@ -1,0 +1,181 @@
+"""Issue 7's checks: the evaluator on hand-made predictions (with hallucination counting), the debug tool's
+figures on a tiny model, and that every ablation switch changes the model the way the lesson claims."""
+import sys
+
+import pytest
+import torch
+
+from common.errors import CourseError
+from common.world import COLORS, SHAPES, SIZES, Thing
+from step6_vlm.ablate import VARIANTS, build_variant, run_variant, train_stage
+from step6_vlm.debug import debug_batch, examples_for, loss_mask_lines, with_image_loss
+from step6_vlm.eval import accuracy_by_type, check_answer, generate_answers, hallucination_stats, mentions, write_eval_md
+from step6_vlm.loop import caption_items, collate
+from step6_vlm.tests.conftest import make_vlm
+
+C = {c.en: c for c in COLORS}
+S = {en: (zh, en) for zh, en in SHAPES}
+BIG = SIZES[0]
+# a red circle at the top left and a blue star in the centre
+SCENE = [Thing(C["red"], S["circle"], BIG, 0, 0), Thing(C["blue"], S["star"], BIG, 1, 1)]
+
+
+# ---------------------------------------------------------------------------------------------- evaluator
+
+def test_accuracy_by_type_on_hand_made_predictions():
+    items = [{"type": "color", "answer": "红色"}, {"type": "color", "answer": "blue"},
+             {"type": "shape", "answer": "star"}, {"type": "count", "answer": "2个"},
+             {"type": "position", "answer": "top left"}, {"type": "describe", "answer": "There are 2 shapes."}]
+    preds = ["红色", "red", " star ", "3个", "top left", "There are 2 shapes."]
+    acc = accuracy_by_type(items, preds)
+    assert acc["by_type"] == {"color": 0.5, "shape": 1.0, "count": 0.0, "position": 1.0, "describe": 1.0}
+    assert acc["vqa_accuracy"] == 0.6          # 3 of the 5 short answers; descriptions are reported apart
+    with pytest.raises(CourseError):
+        accuracy_by_type(items, preds[:-1])
+
+
+def test_mentions_prefer_longest_forms():
+    assert mentions("a star at the top left, not a start") == [("shape", "star"), ("position", (0, 0))]
+    assert mentions("左上是一个红色圆形，下方是星形") == [("position", (0, 0)), ("color", "red"), ("shape", "circle"),
+                                                       ("position", (2, 1)), ("shape", "star")]
+    assert ("count", 3) in mentions("There are 3 shapes") and ("count", 1) in mentions("There is 1 shape")
+    assert ("count", 4) in mentions("图中有4个图形：")
+
+
+def test_hallucination_counting():
+    truth_zh = "图中有2个图形：左上是一个大的红色圆形，中间是一个大的蓝色星形。"
+    ok = check_answer(truth_zh, SCENE)
+    assert ok["mentions"] == 7 and ok["hallucinated"] == [] and ok["objects"] == 2 and ok["wrong_objects"] == 0
+    # made up: a 3rd shape, a green colour, a square, the bottom-right cell; the blue star put at the top left
+    bad = "There are 3 shapes: a green square at the bottom right and a blue star at the top left."
+    r = check_answer(bad, SCENE)
+    assert sorted(r["hallucinated"], key=str) == sorted([("count", 3), ("color", "green"), ("shape", "square"),
+                                                         ("position", (2, 2))], key=str)
+    assert r["mentions"] == 7 and r["objects"] == 2 and r["wrong_objects"] == 2
+    assert check_answer("粉色的圆形", SCENE)["hallucinated"] == [("color", "pink")]  # a word the pictures never use
+    st = hallucination_stats([truth_zh, bad], [SCENE, SCENE])
+    assert st["mentions"] == 14 and st["hallucinated"] == 4 and st["hallucination_rate"] == round(4 / 14, 4)
+    assert st["answers_with_hallucination"] == 0.5 and st["object_error_rate"] == 0.5
+    assert st["hallucinated_by_kind"] == {"count": 1, "color": 1, "shape": 1, "position": 1}
+
+
+def test_generation_and_table(tok, tmp_path):
+    torch.manual_seed(0)
+    vlm = make_vlm(tok).eval()
+    feats = torch.randn(2, 9, 32)                                        # (N, P, D)
+    qs = [(0, "<image>\n描述这张图片"), (1, "<image>\nDescribe this image."), (1, "<image>\n描述这张图片")]
+    out = generate_answers(vlm, tok, qs, feats, max_new_tokens=5)
+    assert len(out) == 3 and all(isinstance(a, str) for a in out)
+    res = {"pretrain": {"descriptions": ["short", "x", "y"]}, "sft": {"descriptions": ["long | text", "z", "w"]}}
+    md = write_eval_md(tmp_path, [SCENE, SCENE], qs, res, n_rows=2, header="# t")
+    text = md.read_text()
+    assert text.count("<img src=") == 2 and (tmp_path / "images" / "000.png").is_file()
+    assert "long / text" in text and "pretrain 输出" in text and "左上是一个大的红色圆形" in text
+
+
+def test_eval_missing_checkpoint_names_the_command(tmp_path, monkeypatch):
+    from step6_vlm import eval as ev
+    monkeypatch.setattr(sys, "argv", ["eval.py", "--init", str(tmp_path / "none"), "--compare", ""])
+    with pytest.raises(CourseError, match="python step6_vlm/train.py"):
+        ev.main()
+
+
+# ---------------------------------------------------------------------------------------------- debug tool
+
+def _batch(tok, vlm, n=4, stage="pretrain"):
+    from step6_vlm.data import world_splits
+    scenes = world_splits(n, 0, 0, seed=3).train
+    return examples_for(vlm, tok, scenes, stage, 0, n)
+
+
+@pytest.mark.parametrize("mode,per_image", [("all", 9), ("first", 1), ("mean", 1)])
+def test_debug_figures_on_tiny_model(tok, mode, per_image):
+    torch.manual_seed(0)
+    vlm = make_vlm(tok, image_tokens=mode)
+    ex = _batch(tok, vlm)
+    fig = debug_batch(vlm, tok, ex, torch.randn(4, 9, 32), stage="pretrain", stage1_llm="frozen")
+    assert fig["placeholders"] == fig["features_used"] == 4 * per_image
+    assert fig["features_available"] == 4 * 9
+    assert fig["image_tokens_per_image"] == per_image
+    (start, end), = fig["image_positions_seq0"]
+    assert end - start == per_image and ex[0][1][start:end] == [tok.image_id] * per_image
+    assert fig["projection_grad_norm"] > 0 and fig["projection_update_norm"] > 0   # answer loss alone reaches it
+    assert fig["loss_positions_on_image"] == 0 and fig["trainable"]["llm"] == 0
+    assert fig["feature_norm"] > 0 and fig["projected_norm"] > 0 and fig["text_embedding_norm"] > 0
+
+
+def test_loss_mask_is_printed_token_by_token(tok):
+    vlm = make_vlm(tok)
+    ex = _batch(tok, vlm, 1)
+    x, y, _ = collate(ex, tok.pad_id)
+    lines = loss_mask_lines(tok, x[0], y[0], tok.image_id)
+    assert any("<image> ×9" in ln for ln in lines)
+    n_loss = sum(ln.rstrip().endswith("✓") for ln in lines)
+    assert n_loss == int((y[0] != -100).sum()) > 0                       # one ✓ per position in the loss
+    assert len(lines) == 1 + (x.shape[1] - 8)                            # header + tokens, the image block on one line
+
+
+# ---------------------------------------------------------------------------------------------- ablation switches
+
+def test_image_token_switches_change_what_the_llm_sees(tok):
+    from step2_gpt.model import GPT, GPTConfig
+    base = make_vlm(tok)
+    gpt = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=2, n_head=2, n_embd=64))
+    first = build_variant(gpt, base.config, VARIANTS["first"][2])
+    mean = build_variant(gpt, base.config, VARIANTS["mean"][2])
+    allp = build_variant(gpt, base.config, VARIANTS["baseline"][2])
+    f = torch.randn(2, 9, 32)
+    g = f.clone()
+    g[:, 1:] = torch.randn(2, 8, 32)                                     # change every patch but the first
+    assert first.image_embeds(f).shape == (2, 1, 64) and torch.equal(first.image_embeds(f), first.image_embeds(g))
+    perm = f[:, torch.randperm(9)]                                        # move the patches around the grid
+    assert mean.image_embeds(f).shape == (2, 1, 64)
+    assert torch.allclose(mean.image_embeds(f), mean.image_embeds(perm), atol=1e-5)   # position is lost
+    assert not torch.allclose(mean.image_embeds(f), mean.image_embeds(g))              # content is kept
+    assert allp.image_embeds(f).shape == (2, 9, 64) and not torch.allclose(allp.image_embeds(f), allp.image_embeds(perm))
+    assert first.llm is not gpt and first.llm is not mean.llm            # rows never share weights
+
+
+def test_mlp_and_image_loss_switches(tok):
+    base = make_vlm(tok)
+    mlp = build_variant(base.llm, base.config, VARIANTS["mlp"][2])
+    assert isinstance(mlp.projection, torch.nn.Sequential) and any(isinstance(m, torch.nn.GELU) for m in mlp.projection)
+    assert isinstance(base.projection, torch.nn.Linear) and base.projection.bias is None
+    ex = _batch(tok, base, 2)
+    ex2 = with_image_loss(ex, tok.image_id)
+    for (_, ids, lab), (_, ids2, lab2) in zip(ex, ex2):
+        assert ids == ids2
+        assert all(l2 == tok.image_id for t, l2 in zip(ids, lab2) if t == tok.image_id)
+        assert all(l1 == l2 for t, l1, l2 in zip(ids, lab, lab2) if t != tok.image_id)
+
+
+@pytest.mark.parametrize("setting,changed_blocks", [("frozen", set()), ("last_n", {1, 2}), ("all", {0, 1, 2})])
+def test_stage1_freeze_choices_train_what_they_claim(tok, setting, changed_blocks):
+    torch.manual_seed(0)
+    vlm = make_vlm(tok, n_layer=3)
+    before = {n: p.detach().clone() for n, p in vlm.named_parameters()}
+    ex = _batch(tok, vlm)
+    plan = dict(steps=2, batch=4, lr=1e-2, proj_lr=1e-2)
+    r = train_stage(vlm, tok, ex, torch.randn(4, 9, 32), "pretrain", plan, setting, 0, "cpu")
+    assert r["proj_grad0"] > 0
+    moved = {n for n, p in vlm.named_parameters() if not torch.equal(p, before[n])}
+    assert {n for n in moved if n.startswith("projection.")} == {"projection.weight"}
+    assert {int(n.split(".")[2]) for n in moved if n.startswith("llm.blocks.")} == changed_blocks
+    assert ("llm.tok_embeddings.weight" in moved) == (setting == "all")
+
+
+def test_one_stage_row_skips_stage_one(tok):
+    from step6_vlm.data import eval_items, world_splits
+    torch.manual_seed(0)
+    base = make_vlm(tok)
+    sp = world_splits(6, 2, 0, seed=1)
+    items = [dict(it, image=it["image"] + 6) for it in eval_items(sp.test, 1)]
+    plan = {s: dict(steps=1, batch=2, lr=1e-3, proj_lr=1e-3) for s in ("pretrain", "sft")}
+    ctx = {"tok": tok, "gpt": base.llm, "cfg": base.config, "feats": torch.randn(8, 9, 32), "device": "cpu", "splits": sp,
+           "plan": plan, "seed": 0, "items": [i for i in items if i["type"] != "describe"],
+           "describe": [i for i in items if i["type"] == "describe"], "combo": [],
+           "captions": [dict(it, image=it["image"] + 6) for it in caption_items(sp.test, 1)]}
+    one, two = run_variant("one_stage", ctx), run_variant("baseline", ctx)
+    assert "pretrain_final_loss" not in one and "caption_accuracy" not in one and "sft_final_loss" in one
+    assert "pretrain_final_loss" in two and "caption_accuracy" in two
+    assert set(two["by_type"]) == {"color", "shape", "count", "position", "describe"}

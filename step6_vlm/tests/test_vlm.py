@@ -1,0 +1,242 @@
+"""Step 6's 验证标准 as tests: image-token expansion and splicing, labels, the freeze table, gradients,
+CLIP save/load offline, the feature cache, a short run that learns colours, and the bad inputs."""
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common.errors import CourseError
+from step6_vlm.model import (FREEZE_TABLE, apply_freeze, build_example, image_token_id, llm_trainable_names)
+from step6_vlm.tests.conftest import make_vlm
+
+CAPTION = [{"role": "user", "content": "<image>\n这个图像中有什么内容？"},
+           {"role": "assistant", "content": "图中有1个图形：中间是一个大的红色圆形。"}]
+
+
+def test_expansion_count_and_positions(tok):
+    vlm = make_vlm(tok)
+    raw, raw_mask = tok.render_conversation(CAPTION)
+    ids, labels = build_example(vlm, tok, CAPTION)
+    k = raw.index(tok.image_id)
+    assert raw.count(tok.image_id) == 1
+    assert ids.count(tok.image_id) == vlm.tokens_per_image == 9
+    assert ids[k:k + 9] == [tok.image_id] * 9                     # one block, where the placeholder was
+    assert ids[:k] == raw[:k] and ids[k + 9:] == raw[k + 1:]      # everything else unchanged, shifted by 8
+    assert len(labels) == len(ids) == len(raw) + 8
+
+
+def test_labels_are_minus_100_on_image_and_prompt(tok):
+    vlm = make_vlm(tok)
+    ids, labels = build_example(vlm, tok, CAPTION)
+    raw, mask = tok.render_conversation(CAPTION)
+    _, emask = vlm.expand(raw, mask)
+    for t, lab, m in zip(ids, labels, emask):
+        assert lab == (t if m else -100)
+    assert all(lab == -100 for t, lab in zip(ids, labels) if t == tok.image_id)
+    answer = [t for t, lab in zip(ids, labels) if lab != -100]
+    assert tok.decode(answer[:-1]) == CAPTION[1]["content"] and answer[-1] == tok.im_end_id
+
+
+def test_features_land_exactly_on_placeholders(tok):
+    vlm = make_vlm(tok)
+    ids, _ = build_example(vlm, tok, CAPTION)
+    x = torch.tensor([ids, ids])                                       # (2, T): two sequences, one image each
+    emb = torch.randn(2, 9, vlm.llm.config.n_embd)                     # (N, n, C) distinct image tokens
+    out = vlm.splice(x, emb)
+    pos = (x == tok.image_id).nonzero()
+    assert torch.equal(out[x == tok.image_id], emb.reshape(-1, emb.shape[-1]))   # in order, row by row
+    assert torch.equal(out[x != tok.image_id], vlm.llm.embed(x)[x != tok.image_id])
+    assert pos[:9, 0].eq(0).all() and pos[9:, 0].eq(1).all()
+
+
+def test_first_and_mean_modes_use_one_token(tok):
+    feats = torch.randn(3, 9, 32)
+    first, mean = make_vlm(tok, image_tokens="first"), make_vlm(tok, image_tokens="mean")
+    mean.projection.load_state_dict(first.projection.state_dict())
+    assert first.tokens_per_image == mean.tokens_per_image == 1
+    assert torch.allclose(first.image_embeds(feats)[:, 0], first.projection(feats[:, 0]))
+    assert torch.allclose(mean.image_embeds(feats)[:, 0], mean.projection(feats.mean(1)), atol=1e-6)
+    assert build_example(first, tok, CAPTION)[0].count(tok.image_id) == 1
+
+
+@pytest.mark.parametrize("stage1_llm", ["last_n", "frozen", "all"])
+def test_freeze_table_sets_exactly_the_expected_parameters(tok, clip_dir, stage1_llm):
+    vlm = make_vlm(tok, clip_dir, n_layer=3)
+    llm_all = {n for n, _ in vlm.llm.named_parameters()}
+    expected = {"pretrain": {"last_n": {n for n in llm_all if n.startswith(("blocks.1.", "blocks.2.", "norm."))},
+                             "frozen": set(), "all": llm_all}[stage1_llm],
+                "sft": llm_all}
+    assert set(FREEZE_TABLE) == {"pretrain", "sft"}
+    for stage in FREEZE_TABLE:
+        counts = apply_freeze(vlm, stage, stage1_llm, last_n=2)
+        trainable = {n for n, p in vlm.named_parameters() if p.requires_grad}
+        want = {"projection." + n for n, _ in vlm.projection.named_parameters()} | {"llm." + n for n in expected[stage]}
+        assert trainable == want, stage
+        assert not any(p.requires_grad for p in vlm.vision.parameters())   # the encoder never learns
+        assert counts["vision"] == 0 and counts["projection"] == 32 * 64
+    assert llm_trainable_names(vlm.llm, "last_n", 2) == expected["pretrain"] if stage1_llm == "last_n" else True
+
+
+def test_projection_learns_in_stage1_from_the_answer_loss_only(tok):
+    vlm = make_vlm(tok)
+    apply_freeze(vlm, "pretrain")
+    ids, labels = build_example(vlm, tok, CAPTION)
+    x, y = torch.tensor([ids[:-1]]), torch.tensor([labels[1:]])
+    img_pos = (x == tok.image_id)
+    assert (y[img_pos] == -100).all()          # nothing is predicted at (or from) image positions' own labels...
+    _, loss = vlm(x, y, image_features=torch.randn(1, 9, 32))
+    loss.backward()
+    g = vlm.projection.weight.grad
+    assert g is not None and g.abs().sum() > 0  # ...yet the answer's loss reaches W through attention
+    assert vlm.llm.tok_embeddings.weight.grad is None
+
+
+def test_count_mismatch_and_bad_prompts(tok):
+    from step6_vlm.demo import prepare_prompt
+    vlm = make_vlm(tok, block_size=64)
+    ids, _ = build_example(vlm, tok, CAPTION[:1])
+    with pytest.raises(CourseError, match="placeholders"):
+        vlm.splice(torch.tensor([ids]), torch.randn(2, 9, 64))            # two images, one <image>
+    two = [{"role": "user", "content": "<image><image>\n描述这张图片"}]
+    ids2, _ = build_example(vlm, tok, two)
+    with pytest.raises(CourseError, match="2 <image> placeholders|one <image> per image"):
+        vlm.splice(torch.tensor([ids2]), torch.randn(1, 9, 64))
+    with pytest.raises(CourseError, match="2 <image> placeholders"):
+        prepare_prompt("<image><image>描述这张图片", 1)
+    assert prepare_prompt("描述这张图片", 1)[0] == "<image>\n描述这张图片"   # a missing <image> is put in front
+    with pytest.raises(CourseError, match="context"):
+        build_example(vlm, tok, [{"role": "user", "content": "<image>\n" + "红色" * 30}])
+    with pytest.raises(CourseError, match=r"image features must be"):
+        vlm.image_embeds(torch.randn(1, 196, 768))
+
+
+def test_tokenizer_without_image_token_is_refused():
+    class TextOnly:
+        special_tokens = {"<|pad|>": 0, "<|eos|>": 1}
+    with pytest.raises(CourseError, match="no <image> token"):
+        image_token_id(TextOnly())
+
+
+def test_clip_save_load_offline_and_cache(clip_dir, tmp_path, monkeypatch):
+    from transformers import CLIPModel, CLIPVisionModel
+    from common.world import random_scene
+    from step6_vlm.loop import world_features
+    from step6_vlm.vision import load_vision_encoder, patch_features, preprocess
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    enc, proc = load_vision_encoder(str(clip_dir))                     # the same call as for openai's CLIP
+    assert isinstance(enc, CLIPVisionModel) and not any(p.requires_grad for p in enc.parameters())
+    full = CLIPModel.from_pretrained(clip_dir).eval()
+    scenes = [random_scene(random.Random(i)) for i in range(4)]
+    from step6_vlm.data import render_scene
+    pv = preprocess(proc, [render_scene(s) for s in scenes])
+    assert pv.shape == (4, 3, 63, 63)
+    live = patch_features(enc, pv)
+    with torch.no_grad():
+        ref = full.vision_model(pixel_values=pv, output_hidden_states=True).hidden_states[-2][:, 1:]
+    assert torch.allclose(live, ref, atol=1e-5)
+    f1, n1 = world_features(enc, proc, scenes, str(clip_dir), -2, 63, cache_root=tmp_path)
+    f2, n2 = world_features(enc, proc, scenes, str(clip_dir), -2, 63, cache_root=tmp_path)
+    assert (n1, n2) == (4, 0) and torch.equal(f1, f2) and torch.allclose(f1, live, atol=1e-6)
+    with pytest.raises(CourseError, match="offline"):
+        load_vision_encoder("no-such-user/no-such-clip")
+    with pytest.raises(CourseError, match="does not exist"):
+        load_vision_encoder(str(tmp_path / "missing"))
+
+
+def _save(path, im, **kw):
+    im.save(path, **kw)
+    return path
+
+
+def test_bad_and_odd_images(tmp_path):
+    from step6_vlm.data import load_image
+    rgb = Image.new("RGB", (40, 30), (200, 10, 10))
+    ok = {
+        "gray": _save(tmp_path / "g.png", rgb.convert("L")),
+        "rgba": _save(tmp_path / "a.png", Image.new("RGBA", (40, 30), (200, 10, 10, 0))),
+        "cmyk": _save(tmp_path / "c.jpg", rgb.convert("CMYK")),
+        "16bit": _save(tmp_path / "s.png", Image.fromarray(np.full((30, 40), 65535, dtype=np.uint16))),
+        "palette": _save(tmp_path / "p.png", rgb.convert("P")),
+    }
+    for name, path in ok.items():
+        im = load_image(path)
+        assert im.mode == "RGB" and im.size == (40, 30), name
+    assert load_image(ok["rgba"]).getpixel((0, 0)) == (255, 255, 255)   # transparent → white
+    assert load_image(ok["16bit"]).getpixel((0, 0)) == (255, 255, 255)  # full-scale 16-bit → white, not clipped noise
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "bad.jpg").write_bytes(b"this is not a jpeg at all" * 10)
+    _save(tmp_path / "tiny.png", Image.new("RGB", (3, 3)))
+    bad = {"missing.jpg": "does not exist", "empty.jpg": "empty file", "bad.jpg": "cannot be read",
+           "tiny.png": "too small"}
+    for name, msg in bad.items():
+        with pytest.raises(CourseError, match=msg):
+            load_image(tmp_path / name)
+
+
+def test_huge_image_refused(tmp_path, monkeypatch):
+    import step6_vlm.data as data
+    path = _save(tmp_path / "big.png", Image.new("RGB", (400, 300)))
+    monkeypatch.setattr(data, "MAX_PIXELS", 100_000)   # same check as for a 64-megapixel photo, without making one
+    with pytest.raises(CourseError, match="too large"):
+        data.load_image(path)
+
+
+@pytest.mark.slow
+def test_short_seeded_run_learns_colors(tok, clip_dir, tmp_path):
+    """Random-init tiny CLIP + tiny GPT, ~40 s: colour answers well above chance (1/8)."""
+    from common.device import seed_everything
+    from step6_vlm.data import eval_items, question, world_splits
+    from step6_vlm.loop import batches, collate, encode, score, world_features
+    from step6_vlm.vision import load_vision_encoder
+    seed_everything(0)
+    sp = world_splits(600, 60, 10, seed=3)
+    sp.train, sp.test = [s[:1] for s in sp.train], [s[:1] for s in sp.test]   # one thing per picture: a short run
+    enc, proc = load_vision_encoder(str(clip_dir))
+    feats, _ = world_features(enc, proc, sp.train + sp.test, str(clip_dir), -2, 63, cache_root=tmp_path)
+    vlm = make_vlm(tok, n_embd=64, n_layer=2)
+    apply_freeze(vlm, "sft")
+    rng = random.Random(0)
+    convs = []
+    for i, s in enumerate(sp.train):
+        for t in s:
+            q, a = question("color", s, rng, "en", target=t)
+            convs.append((i, [{"role": "user", "content": "<image>\n" + q}, {"role": "assistant", "content": a}]))
+    ex = encode(vlm, tok, convs)
+    opt = torch.optim.AdamW([p for p in vlm.parameters() if p.requires_grad], lr=3e-3)
+    it = batches(ex, 32, 0)
+    for step in range(150):
+        x, y, idx = collate(next(it), tok.pad_id)
+        _, loss = vlm(x, y, image_features=feats[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    items = [dict(q, image=q["image"] + len(sp.train)) for q in eval_items(sp.test, 0) if q["type"] == "color"]
+    acc = score(vlm, tok, items, feats)["overall"]
+    assert acc >= 0.5, acc   # chance is 0.125; golden band measured ≈ see README
+
+
+def _cli(*args, cwd=None):
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, *args], cwd=cwd or root, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_cli_bad_inputs_give_one_line(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    r = _cli("step6_vlm/demo.py", "--image", str(tmp_path / "empty.jpg"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: image {tmp_path / 'empty.jpg'} is an empty file (0 bytes)"]
+    r = _cli("step6_vlm/train.py", "--quick", "--stage", "pretrain", "--vision-encoder", "no-such-user/no-such-clip",
+             "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache"))
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "offline" in lines[0] and "Traceback" not in r.stderr
+
+
+@pytest.mark.notebook
+def test_notebook_runs(run_notebook):
+    from pathlib import Path
+    run_notebook(Path(__file__).resolve().parents[1] / "lesson.ipynb", timeout=300)

@@ -1,0 +1,215 @@
+"""Train the VLM in stages: 0 = small CLIP (only when no pretrained CLIP is at hand), 1 = pretrain
+(image → caption), 2 = SFT (image + question → answer). Which parameters learn is FREEZE_TABLE in model.py.
+
+    python train.py                              # runs the missing stages: clip → pretrain → sft (CPU ~15 min)
+    python train.py --stage sft                  # one stage
+    python train.py --stages clip,pretrain,sft   # all, in order, even if they exist
+    python train.py --quick                      # seconds-long smoke run (makes missing inputs)
+
+The frozen encoder never changes, so each picture's features are computed once and cached (runs/feature_cache);
+later steps and later runs read them instead of running the encoder.
+"""
+import sys, pathlib
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
+
+import random
+import time
+
+import torch
+
+from common import RUNS_DIR
+from common.cli import course_parser, run
+from common.device import autocast, pick_device, pick_dtype, seed_everything
+from common.errors import CourseError
+from common.training import RunLogger, lr_at, print_summary
+from step2_gpt.model import GPT, GPTConfig, load_gpt
+from step6_vlm.data import caption_messages, eval_items, qa_conversation, world_splits
+from step6_vlm.loop import batches, caption_items, collate, encode, score, world_features
+from step6_vlm.model import (DEFAULT_LAST_N, DEFAULT_STAGE1_LLM, STAGE1_LLM_CHOICES, VLM, VLMConfig, apply_freeze,
+                             image_token_id, load_vlm, save_vlm)
+from step6_vlm.vision import CLIP_DIR, default_vision_encoder, image_size, load_vision_encoder
+
+STAGES = ("clip", "pretrain", "sft")
+OUT = {"pretrain": RUNS_DIR / "vlm_pretrain", "sft": RUNS_DIR / "vlm_sft"}
+# steps, batch size, LLM lr, projection lr per stage on the data world (CPU defaults; measured in README)
+PLAN = {"pretrain": dict(steps=300, batch=64, lr=1e-3, proj_lr=2e-3),
+        "sft": dict(steps=1400, batch=48, lr=1e-3, proj_lr=1e-3)}
+
+
+def parse():
+    p = course_parser("Train the VLM: stage 0 CLIP, stage 1 pretrain, stage 2 SFT (训练视觉语言模型)")
+    a = p.add_argument
+    a("--stage", choices=STAGES, default=None, help="只跑一个阶段 run one stage")
+    a("--stages", default=None, help="按顺序运行 comma list, e.g. clip,pretrain,sft (default: the missing ones)")
+    a("--vision-encoder", default=None, help=f"视觉编码器 HF id or folder (default: openai/clip-vit-base-patch16 if cached, else {CLIP_DIR})")
+    a("--projector", default="linear", choices=("linear", "mlp"), help="投影层 linear (LLaVA-1, no bias) or mlp")
+    a("--image-tokens", default="all", choices=("all", "first", "mean"), help="图像token all patches / first patch / mean-pooled")
+    a("--feature-layer", type=int, default=-2, help="特征层 encoder layer whose patch states are used (LLaVA: -2)")
+    a("--stage1-llm", default=DEFAULT_STAGE1_LLM, choices=STAGE1_LLM_CHOICES, help="阶段1 LLM: last_n layers / frozen / all")
+    a("--last-n", type=int, default=DEFAULT_LAST_N, help="阶段1 训练最后几层 LLM layers trained in stage 1")
+    a("--images", type=int, default=8000, help="训练图像数 training pictures of the data world")
+    a("--eval-images", type=int, default=400, help="评估图像数 held-out pictures (and 300 held-out combinations)")
+    a("--cache-dir", default=None, help="特征缓存目录 where frozen features are cached (default runs/feature_cache)")
+    a("--no-cache", action="store_true", help="不用特征缓存 run the frozen encoder on every step (slow; for the bench)")
+    return p.parse_args()
+
+
+def stage_list(args) -> list:
+    if args.stage:
+        return [args.stage]
+    if args.stages:
+        bad = [s for s in args.stages.split(",") if s not in STAGES]
+        if bad:
+            raise CourseError(f"unknown stage(s) {bad} in --stages; choose from {', '.join(STAGES)}")
+        return args.stages.split(",")
+    missing = [s for s in STAGES if s != "clip" and not (pathlib.Path(OUT[s]) / "config.json").is_file()]
+    if missing == ["pretrain"]:
+        missing = ["pretrain", "sft"]  # a new stage 1 makes the old stage 2 stale
+    needs_clip = (args.vision_encoder or default_vision_encoder()) == str(CLIP_DIR) and not (CLIP_DIR / "config.json").is_file()
+    return (["clip"] if needs_clip else []) + missing
+
+
+def init_llm(args):
+    """The LLM to start from: --init, else runs/sft, else runs/pretrain; with --quick, an untrained tiny one."""
+    for path in ([args.init] if args.init else [RUNS_DIR / "sft", RUNS_DIR / "pretrain"]):
+        if (pathlib.Path(path) / "config.json").is_file() or args.init:
+            gpt, tok, ckpt = load_gpt(path, expect_steps=("pretrain", "sft", "rlhf", "gpt"))
+            return gpt, tok, str(ckpt.path)
+    if not args.quick:
+        raise CourseError("no language model to start from (runs/sft or runs/pretrain); make one with: "
+                          "python step3_pretrain/train.py  (or run this with --quick for a smoke test)")
+    from step1_tokenizer.model import load_tokenizer
+    try:
+        tok = load_tokenizer()
+    except CourseError:
+        from common.world import build_corpus
+        from step1_tokenizer.train import train_bpe
+        tok = train_bpe(build_corpus(0.3)[0], 600)
+    return GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size, n_layer=2)), tok, "untrained (--quick)"
+
+
+def train_stage(stage, vlm, tok, train_ex, feats, args, out, dev, dtype, evaluate) -> dict:
+    """One stage: freeze by the table, AdamW on what is trainable, cosine LR, progress bar, eval, checkpoint."""
+    plan = dict(PLAN[stage])
+    if args.quick:
+        plan.update(steps=12, batch=8)
+    steps, bs = args.max_steps or plan["steps"], args.batch_size or plan["batch"]
+    if args.epochs:
+        steps = max(1, int(args.epochs * len(train_ex) / bs))
+    counts = apply_freeze(vlm, stage, args.stage1_llm, args.last_n)
+    print(f"[{stage}] trainable parameters: {counts}", file=sys.stderr)
+    lr = args.lr or plan["lr"]
+    proj_params = [p for p in vlm.projection.parameters() if p.requires_grad]
+    llm_params = [p for p in vlm.llm.parameters() if p.requires_grad]
+    groups = [{"params": proj_params, "base": plan["proj_lr"] * lr / plan["lr"]}]
+    if llm_params:
+        groups.append({"params": llm_params, "base": lr})
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    log = RunLogger(out, steps, desc=f"stage {stage}")
+    it = batches(train_ex, bs, args.seed)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        vlm.train()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, max_lr=g["base"], total_steps=steps, warmup_steps=min(50, steps // 10))
+        x, y, idx = collate(next(it), tok.pad_id)
+        with autocast(dev, dtype):
+            if args.no_cache:  # the slow way: run the frozen encoder on this batch's pictures every step
+                _, loss = vlm(x.to(dev), y.to(dev), pixel_values=args.pixels[idx].to(dev))
+            else:
+                _, loss = vlm(x.to(dev), y.to(dev), image_features=feats[idx].to(dev))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+        opt.step()
+        log.train_step(step, loss.item(), opt.param_groups[-1]["lr"], tokens=int((y != -100).sum()))
+    train_s = time.perf_counter() - t0
+    metrics = {f"{stage}_steps": steps, f"{stage}_train_s": round(train_s, 1), f"{stage}_final_loss": round(loss.item(), 4)}
+    metrics.update(evaluate(vlm))
+    log.eval(steps, **{k: v for k, v in metrics.items() if not isinstance(v, dict)})
+    log.close()
+    save_vlm(out, vlm, tok, f"vlm_{stage}", train_args=vars(args) | {"pixels": None}, metrics=metrics)
+    return metrics
+
+
+def main():
+    args = parse()
+    t_start = time.perf_counter()
+    seed_everything(args.seed)
+    dev = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, dev)
+    stages = stage_list(args)
+    n_train, n_test, n_combo = (300, 40, 30) if args.quick else (args.images, args.eval_images, 300)
+    sp = world_splits(n_train, n_test, n_combo, seed=args.seed)
+    summary = {"stages_run": stages}
+    if "clip" in stages:
+        from step6_vlm.train_clip import train_clip
+        m = train_clip(CLIP_DIR if not args.out else pathlib.Path(args.out) / "clip", steps=40 if args.quick else 500,
+                       n_images=n_train, seed=args.seed, device=args.device, splits=sp)
+        print(f"[clip] zero-shot retrieval {m['clip_retrieval_acc']:.1%}, linear probe {m['probe_layer_-2']}", file=sys.stderr)
+        summary.update(m)
+    enc_name = args.vision_encoder or (str(pathlib.Path(args.out) / "clip") if args.out and "clip" in stages else default_vision_encoder())
+    vision, proc = load_vision_encoder(enc_name, dev)
+    size = image_size(proc)
+    feats, n_enc = world_features(vision, proc, sp.train + sp.test + sp.combo, enc_name, args.feature_layer, size,
+                                  use_cache=not args.no_cache, cache_root=args.cache_dir)
+    print(f"features {tuple(feats.shape)} from {enc_name} ({n_enc} pictures encoded, the rest from the cache)", file=sys.stderr)
+    test_off, combo_off = n_train, n_train + n_test
+    if args.no_cache:
+        from step6_vlm.data import render_scene
+        from step6_vlm.vision import preprocess
+        args.pixels = preprocess(proc, [render_scene(s, size) for s in sp.train])
+    gpt, tok, init_from = init_llm(args)
+    image_token_id(tok)
+    vc = vision.config
+    cfg = VLMConfig(enc_name, vc.hidden_size, feats.shape[1], size, image_token_id(tok), args.projector,
+                    args.image_tokens, args.feature_layer)
+    test_items = [dict(it, image=it["image"] + test_off) for it in eval_items(sp.test, args.seed)]
+    combo_items = [dict(it, image=it["image"] + combo_off) for it in eval_items(sp.combo, args.seed, combo=True)]
+    caps = [dict(it, image=it["image"] + test_off) for it in caption_items(sp.test, args.seed)]
+    rng = random.Random(args.seed)
+    outs = {s: (pathlib.Path(args.out) / f"vlm_{s}" if args.out else OUT[s]) for s in ("pretrain", "sft")}
+
+    def evaluate(vlm):
+        vqa = score(vlm, tok, [it for it in test_items if it["type"] != "describe"], feats, dev)
+        combo = score(vlm, tok, [it for it in combo_items if it["type"] != "describe"], feats, dev)
+        desc = score(vlm, tok, [it for it in test_items if it["type"] == "describe"], feats, dev)
+        cap = score(vlm, tok, caps, feats, dev)
+        return {"vqa_accuracy": round(vqa["overall"], 4), "vqa_accuracy_by_type": vqa["by_type"],
+                "describe_accuracy": round(desc["overall"], 4), "caption_accuracy": round(cap["overall"], 4),
+                "heldout_combo_accuracy": round(combo["overall"], 4), "heldout_combo_by_type": combo["by_type"],
+                "vqa_questions": vqa["n"], "combo_questions": combo["n"]}
+
+    vlm = None
+    for stage in [s for s in stages if s != "clip"]:
+        if stage == "pretrain" or vlm is None:
+            prev = outs["pretrain"]
+            if stage == "sft" and (prev / "config.json").is_file():
+                vlm, _, _ = load_vlm(prev, dev, with_vision=False, vision_encoder=enc_name)  # continue stage 1's model
+                print(f"[sft] starting from {prev}", file=sys.stderr)
+            else:
+                vlm = VLM(gpt, cfg).to(dev)
+                print(f"[{stage}] LLM from {init_from}", file=sys.stderr)
+            if args.no_cache:
+                vlm.vision = vision
+        if stage == "pretrain":
+            convs = [(i, caption_messages(s, lang)) for i, s in enumerate(sp.train) for lang in ("zh", "en")]
+        else:
+            convs = [(i, qa_conversation(s, rng)) for _ in range(3) for i, s in enumerate(sp.train)]
+        m = train_stage(stage, vlm, tok, encode(vlm, tok, convs), feats, args, outs[stage], dev, dtype, evaluate)
+        print(f"[{stage}] held-out VQA {m['vqa_accuracy']:.1%} {m['vqa_accuracy_by_type']}  held-out combinations "
+              f"{m['heldout_combo_accuracy']:.1%} {m['heldout_combo_by_type']}  captions {m['caption_accuracy']:.1%}  "
+              f"describe {m['describe_accuracy']:.1%}", file=sys.stderr)
+        summary.update({f"pretrain_{k}" if stage == "pretrain" and not k.startswith(stage) else k: v for k, v in m.items()})
+    if vlm is None:  # nothing was missing: report the existing final checkpoint
+        vlm, _, _ = load_vlm(outs["sft"], dev, with_vision=False, vision_encoder=enc_name)
+        print(f"every stage exists ({outs['sft']}); pass --stages pretrain,sft to train again", file=sys.stderr)
+        summary.update(evaluate(vlm))
+    if "caption_accuracy" not in summary and "pretrain_caption_accuracy" in summary:
+        summary["caption_accuracy"] = summary["pretrain_caption_accuracy"]
+    summary["wall_s"] = round(time.perf_counter() - t_start, 1)
+    print_summary(**summary)
+
+
+if __name__ == "__main__":
+    run(main)
