@@ -32,22 +32,18 @@ SPLIT_RE = regex.compile(SPLIT_PATTERN)
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|im_start|>", "<|im_end|>", "<image>", "<num>"]
 ROLES = ("system", "user", "assistant")
 DEFAULT_TOKENIZER_DIR = RUNS_DIR / "tokenizer"
-HF_FILE = "tokenizer.json"
+HF_FILE = "tokenizer.json"           # Hugging Face format: what transformers loads
+COURSE_FILE = "bpe.json"             # our own format: the merges as id pairs, nothing else
+COURSE_FORMAT = "zero-to-vlm byte-level BPE v1"
 
 
 def bytes_to_unicode() -> dict:
     """GPT-2's printable stand-in for each byte (Hugging Face's ByteLevel uses the same table): bytes that are
     visible characters map to themselves, the other 68 to chr(256 + k). A token's bytes become a JSON-safe,
     space-free string this way (a space is 'Ġ'), which is how tokenizer.json stores byte-level vocabularies."""
-    visible = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in visible:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
+    visible = [b for b in range(256) if 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255]
+    hidden = [b for b in range(256) if b not in visible]
+    return {**{b: chr(b) for b in visible}, **{b: chr(256 + k) for k, b in enumerate(hidden)}}
 
 
 BYTE_TO_CHAR = bytes_to_unicode()
@@ -61,8 +57,8 @@ class Tokenizer:
 
     def __init__(self, merges, special_tokens=SPECIAL_TOKENS):
         missing = [s for s in SPECIAL_TOKENS if s not in special_tokens]
-        if missing:
-            raise CourseError(f"the special tokens must include {missing}")
+        if missing or len(set(special_tokens)) != len(special_tokens):
+            raise CourseError(f"the special tokens must include {SPECIAL_TOKENS}, each once; got {list(special_tokens)}")
         self.vocab = [bytes([b]) for b in range(256)]          # id → bytes
         ids_of = {t: i for i, t in enumerate(self.vocab)}      # bytes → id
         self.merges, self.ranks = [], {}                       # ranks: (a, b) → (rank, new id)
@@ -88,9 +84,10 @@ class Tokenizer:
         self._cache = {}  # chunk → ids: real text repeats its chunks ("the", " is") over and over
 
     # ---------------------------------------------------------------------------------------------- encode
-    def _bpe(self, chunk: bytes) -> list:
+    def _bpe(self, chunk: bytes, trace=None) -> list:
         """Apply the merges to one chunk, always the lowest-rank pair first (the leftmost on a tie), one
-        occurrence at a time — exactly the order Hugging Face's BPE model uses, so the ids always agree."""
+        occurrence at a time — exactly the order Hugging Face's BPE model uses, so the ids always agree.
+        `trace(rank, ids)` is called after each merge (model.py --demo prints the steps)."""
         ids = list(chunk)
         while len(ids) > 1:
             best = None
@@ -101,6 +98,8 @@ class Tokenizer:
             if best is None:
                 break  # no learned pair left in this chunk
             ids[at:at + 2] = [best[1]]
+            if trace:
+                trace(best[0], ids)
         return ids
 
     def encode_ordinary(self, text: str) -> list:
@@ -109,7 +108,10 @@ class Tokenizer:
         for chunk in SPLIT_RE.findall(text):
             hit = cache.get(chunk)
             if hit is None:
-                hit = cache[chunk] = self._bpe(chunk.encode("utf-8"))
+                try:
+                    hit = cache[chunk] = self._bpe(chunk.encode("utf-8"))
+                except UnicodeEncodeError:  # a lone surrogate such as "\ud800": not valid Unicode text
+                    raise CourseError(f"cannot encode {chunk!r}: it holds a lone surrogate, which is not text") from None
                 if len(cache) > 500_000:  # bound the memory on huge, varied corpora
                     cache.clear()
             ids.extend(hit)
@@ -136,7 +138,7 @@ class Tokenizer:
         out = bytearray()
         for i in ids:
             i = int(i)
-            if i < len(self.vocab):
+            if 0 <= i < len(self.vocab):
                 out += self.vocab[i]
             elif i in self.id_to_special:
                 if not skip_special:
@@ -214,10 +216,13 @@ class Tokenizer:
         }
 
     def save(self, folder) -> Path:
-        """Write tokenizer.json (everything we need, in HF format) and tokenizer_config.json (so that
-        transformers' AutoTokenizer knows pad/bos/eos and the chat template)."""
+        """Write our own file bpe.json (the merges as id pairs: all this tokenizer is), tokenizer.json (the same,
+        in Hugging Face's format) and tokenizer_config.json (pad/bos/eos and the chat template for AutoTokenizer)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        ours = {"format": COURSE_FORMAT, "split_pattern": SPLIT_PATTERN, "special_tokens": list(self.special_tokens),
+                "merges": self.merges}
+        (folder / COURSE_FILE).write_text(json.dumps(ours, ensure_ascii=False), encoding="utf-8")
         (folder / HF_FILE).write_text(json.dumps(self.to_hf_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
         template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -228,32 +233,36 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path) -> "Tokenizer":
-        """From a folder holding tokenizer.json, or that file itself. A tokenizer.json written by another
+        """From a folder (bpe.json, else tokenizer.json), or one of those files. A file written by another
         tokenizer (GPT-2, BERT, ...) is refused: its ids would mean nothing to a model trained with ours."""
         path = Path(path)
-        file = path / HF_FILE if path.is_dir() else path
+        file = next((path / f for f in (COURSE_FILE, HF_FILE) if (path / f).is_file()), path) if path.is_dir() else path
         if not file.is_file():
             raise CourseError(f"no tokenizer at {path} (expected {HF_FILE}); run: python step1_tokenizer/train.py")
+        foreign = CourseError(f"{file} was not written by this course's tokenizer (another model type or pre-split "
+                              f"rule); train ours with: python step1_tokenizer/train.py")
         try:
             d = json.loads(file.read_text(encoding="utf-8"))
+            if d.get("format") == COURSE_FORMAT and d["split_pattern"] == SPLIT_PATTERN:
+                return cls(d["merges"], d["special_tokens"])
             pre = d["pre_tokenizer"]["pretokenizers"]
             ours = (d["model"]["type"] == "BPE" and pre[0]["pattern"]["Regex"] == SPLIT_PATTERN
                     and pre[1]["type"] == "ByteLevel" and not pre[1]["use_regex"])
-        except (ValueError, KeyError, IndexError, TypeError):
-            ours = False
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise foreign from None
         if not ours:
-            raise CourseError(f"{file} was not written by this course's tokenizer (another model type or "
-                              f"pre-split rule); train ours with: python step1_tokenizer/train.py")
-        vocab = d["model"]["vocab"]
+            raise foreign
         try:
+            vocab = d["model"]["vocab"]
             merges = [m.split(" ") if isinstance(m, str) else m for m in d["model"]["merges"]]
-            merges = [(vocab[a], vocab[b]) for a, b in merges]
-            specials = [t["content"] for t in sorted(d["added_tokens"], key=lambda t: t["id"])]
-            tok = cls(merges, specials)
-        except (KeyError, ValueError) as e:
-            raise CourseError(f"{file} is damaged: {e}") from None
-        if any(tok.special_tokens[t["content"]] != t["id"] for t in d["added_tokens"]) or \
-                any(bytes(CHAR_TO_BYTE[c] for c in s) != tok.vocab[i] for s, i in vocab.items()):
+            tok = cls([(vocab[a], vocab[b]) for a, b in merges],
+                      [t["content"] for t in sorted(d["added_tokens"], key=lambda t: t["id"])])
+            same = len(vocab) == len(tok.vocab) and all(bytes(CHAR_TO_BYTE[c] for c in s) == tok.vocab[i]
+                                                        for s, i in vocab.items())
+            same = same and all(tok.special_tokens[t["content"]] == t["id"] for t in d["added_tokens"])
+        except (KeyError, ValueError, IndexError, TypeError) as e:
+            raise CourseError(f"{file} is damaged: {e!r}") from None
+        if not same:
             raise CourseError(f"{file} has ids that do not follow this course's id layout; retrain it")
         return tok
 
@@ -271,41 +280,15 @@ def load_tokenizer(path=None) -> Tokenizer:
     return Tokenizer.load(path)
 
 
-def demo():
-    """Show what BPE does to one mixed sentence, and what the chat template and its mask look like."""
-    from step1_tokenizer.train import train_bpe
-    from common.world import build_corpus
-    if (DEFAULT_TOKENIZER_DIR / HF_FILE).is_file():
-        tok, where = load_tokenizer(), str(DEFAULT_TOKENIZER_DIR)
-    else:  # no trained tokenizer yet: learn a small one in a couple of seconds
-        tok, where = train_bpe(build_corpus(0.3, seed=1)[0], 1024), "a 0.3 MB world corpus, vocab 1024 (not saved)"
-    print(f"tokenizer: {where}, vocab_size={tok.vocab_size}")
-    text = "小明有3个苹果, Tom has 12345 apples. 🍎!"
-    print(f"\ntext:   {text}\nbytes:  {len(text.encode())} UTF-8 bytes for {len(text)} characters "
-          f"(a Han character is 3 bytes, the emoji 4)")
-    print("chunks: " + " | ".join(SPLIT_RE.findall(text)) + "   (the regex pre-split; merges never cross a |)")
-    ids = tok.encode(text)
-    print("tokens: " + "|".join(tok.token_str(i) for i in ids))
-    print(f"ids:    {ids}\n{len(ids)} tokens, {len(text.encode()) / len(ids):.2f} bytes/token; "
-          f"decode(encode(text)) == text: {tok.decode(ids) == text}")
-    print("first merges: " + ", ".join(f"{tok.token_str(a)!r}+{tok.token_str(b)!r}" for a, b in tok.merges[:8]))
-    chat = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "<image>\n图中有几个图形？"},
-            {"role": "assistant", "content": "图中有2个图形。"}]
-    ids, mask = tok.render_conversation(chat)
-    print("\nchat template (tokens the loss trains on are in [brackets]):")
-    print("".join(f"[{tok.token_str(i)}]" if m else tok.token_str(i) for i, m in zip(ids, mask)))
-    print(f"{len(ids)} tokens, {sum(mask)} of them trained (mask=1)")
-
-
 def main():
     from common.cli import course_parser
     p = course_parser("Byte-level BPE tokenizer (the model of step 1). --demo shows it at work.")
     p.add_argument("--demo", action="store_true", help="演示 encode a mixed 中文/English sentence and a chat")
     args = p.parse_args()
     if not args.demo:
-        p.print_help()
-        return
-    demo()
+        return p.print_help()
+    from step1_tokenizer.demo import model_demo  # the printing lives with the other demos
+    model_demo()
 
 
 if __name__ == "__main__":

@@ -31,8 +31,12 @@ DEFAULT_VOCAB = 896
 
 def count_chunks(texts) -> Counter:
     """Distinct pre-split chunks → how often each occurs in the corpus."""
+    if isinstance(texts, (str, bytes)):
+        raise CourseError("train_bpe expects a list (or any iterable) of texts, not one single string")
     counts = Counter()
     for text in texts:
+        if not isinstance(text, str):
+            raise CourseError(f"train_bpe expects texts as str, got {type(text).__name__}")
         counts.update(SPLIT_RE.findall(text))
     return counts
 
@@ -193,9 +197,10 @@ def main():
     train_s = time.perf_counter() - t0
     tok.save(args.out)
 
-    show = lambda i: repr(tok.token_str(i))
+    show = lambda i: "'" + tok.token_str(i).replace("\n", "\\n") + "'"
     print(f"\ntrained in {train_s:.2f} s: {len(tok.merges)} merges, vocab_size {tok.vocab_size}, saved to {args.out}")
     print("first merges:  " + ", ".join(f"{show(a)}+{show(b)}" for a, b in tok.merges[:12]))
+    print("               (\\x.. is one byte of a multi-byte character: a Han character is 3 bytes, e.g. 中 = e4 b8 ad)")
     longest = sorted(range(256, len(tok.vocab)), key=lambda i: (-len(tok.vocab[i]), i))[:12]
     print("longest tokens: " + ", ".join(show(i) for i in longest))
     bpt_train, bpt_val = bytes_per_token(tok, train[:2000]), bytes_per_token(tok, val)

@@ -131,6 +131,16 @@ def compare_logits(model: GPT, hf_model, idx) -> float:
     return (ours.float() - theirs.float()).abs().max().item()
 
 
+@torch.no_grad()
+def same_greedy_tokens(model: GPT, hf_model, prompt, max_new_tokens: int) -> bool:
+    """Do our greedy generate and transformers' give the same new ids for prompt (1, T)? Both stop at the
+    eos id the export wrote (if any), and both keep that eos as the last token."""
+    eos = hf_model.generation_config.eos_token_id
+    ours = model.generate(prompt, max_new_tokens=max_new_tokens, temperature=0, eos_id=eos)  # (1, n)
+    theirs = hf_model.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False)[:, prompt.shape[1]:]
+    return torch.equal(ours, theirs)
+
+
 def main():
     from common.cli import course_parser
     p = course_parser("Export a course GPT checkpoint as a Hugging Face LlamaForCausalLM folder.",
@@ -154,9 +164,7 @@ def main():
         idx = torch.randint(0, model.config.vocab_size, (2, min(64, model.config.block_size)), generator=g)
         diff = compare_logits(model, hf, idx)
         n = min(32, model.config.block_size - 8)
-        ours = model.generate(idx[:1, :8], max_new_tokens=n, temperature=0)
-        theirs = hf.generate(idx[:1, :8], max_new_tokens=n, min_new_tokens=n, do_sample=False)[:, 8:]
-        same = torch.equal(ours, theirs)
+        same = same_greedy_tokens(model, hf, idx[:1, :8], n)
         print(f"max |logits diff| = {diff:.2e}; greedy generation identical: {same}")
         if diff > 1e-4 or not same:
             raise CourseError("the exported model does not match ours")

@@ -171,15 +171,16 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             start = cache.pos
             k, v = cache.update(layer, k, v)                       # (B, Hkv, S, hd), S = start + T
-        if self.n_kv_head != self.n_head:  # GQA: each k/v head serves n_head/n_kv_head query heads
-            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, H, S, hd)
-            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, H, S, hd)
+        # GQA: each k/v head serves n_head/n_kv_head query heads. enable_gqa lets SDPA share them without
+        # copying; it computes exactly k.repeat_interleave(n_head // n_kv_head, dim=1) attention.
+        gqa = self.n_kv_head != self.n_head
         mask, causal = None, T > 1
         if start > 0 and T > 1:  # a chunk after cached positions: row i sees keys 0 .. start+i
             mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(start)  # (T, S)
             causal = False
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, H, T, hd)
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           enable_gqa=gqa)                                     # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.hd)  # (B, T, H·hd)
         return self.resid_drop(self.proj(y))                         # (B, T, C)
 

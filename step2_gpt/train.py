@@ -92,7 +92,7 @@ def samples(model, tok, device, seed, n_new):
 
 def main():
     p = course_parser("Step 2: train a tiny GPT for about a minute on the data world and watch it learn.",
-                      size="tiny", max_steps=250, batch_size=16, lr=3e-3, out=str(RUNS_DIR / "gpt"))
+                      size="tiny", max_steps=200, batch_size=8, lr=3e-3, out=str(RUNS_DIR / "gpt"))
     p.add_argument("--block-size", type=int, default=128, help="上下文长度 context length of the trained model")
     p.add_argument("--tokenizer", default=str(RUNS_DIR / "tokenizer"), help="分词器 step-1 tokenizer folder")
     p.add_argument("--vocab-size", type=int, default=512, help="没有分词器时现训的词表大小 vocab if one is trained here")
@@ -102,7 +102,7 @@ def main():
     if args.resume:
         raise CourseError("step 2's train.py is a one-minute demo without --resume; step 3 trains for real")
     if args.quick:  # seconds: small corpus, smaller model, few steps
-        args.max_steps, args.corpus_mb, args.block_size, args.eval_every = 30, 0.2, 64, 10
+        args.max_steps, args.batch_size, args.corpus_mb, args.block_size, args.eval_every = 30, 16, 0.2, 64, 10
     seed_everything(args.seed)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)

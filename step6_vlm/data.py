@@ -338,6 +338,27 @@ def load_hf_captions(name: str, split: str = "train", limit: int | None = None, 
     return out
 
 
+def image_key(image) -> str:
+    """Feature-cache key of a real image: its file's bytes, or an in-memory picture's pixels."""
+    if isinstance(image, Image.Image):
+        return "pil:" + hashlib.sha1(image.tobytes() + repr((image.size, image.mode)).encode()).hexdigest()
+    return file_key(image)
+
+
+def one_image_placeholder(messages, where: str) -> list:
+    """Exactly one <image> per sample (one image each): put it in front of the first user turn when it is
+    missing (LLaVA's layout); more than one is refused, since there is only one image to fill them."""
+    n = sum(m["content"].count("<image>") for m in messages)
+    if n > 1:
+        raise CourseError(f"{where}: the conversation has {n} <image> placeholders but one image; use exactly one")
+    if n == 0:
+        k = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+        if k is None:
+            raise CourseError(f"{where}: the conversation has no user turn to put the image in")
+        messages = [dict(m, content="<image>\n" + m["content"]) if i == k else m for i, m in enumerate(messages)]
+    return messages
+
+
 def load_real_data(sources) -> list:
     """`--data` entries: a LLaVA JSON file, a captions folder, or `hf:NAME` for a Hugging Face dataset."""
     out = []
@@ -351,7 +372,9 @@ def load_real_data(sources) -> list:
         else:
             raise CourseError(f"--data {src}: no such file or folder (give a LLaVA .json, a folder with "
                               f"captions.json, or hf:NAME)")
-    return out
+    if not out:
+        raise CourseError(f"--data {' '.join(map(str, sources))} holds no samples")
+    return [dict(s, messages=one_image_placeholder(s["messages"], f"sample {i}")) for i, s in enumerate(out)]
 
 
 __all__ = ["IMAGE_SIZE", "CELL", "GRID", "HELDOUT_COMBOS", "CAPTION_PROMPTS", "DESCRIBE_PROMPTS", "QUESTION_TYPES",

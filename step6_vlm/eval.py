@@ -20,12 +20,13 @@ from common.cli import course_parser, run
 from common.device import pick_device, seed_everything
 from common.errors import CourseError
 from common.training import print_summary
-from common.world import COLORS, POSITIONS, SHAPES
+from common.world import COLORS, POSITIONS, SHAPES, describe_scene
 from step6_vlm.data import CAPTION_PROMPTS, DESCRIBE_PROMPTS, eval_items, render_scene, world_splits
 from step6_vlm.model import build_example, load_vlm
 
 STAGE_DIRS = {"pretrain": RUNS_DIR / "vlm_pretrain", "sft": RUNS_DIR / "vlm_sft"}
 MAKE = "python step6_vlm/train.py"  # the command that makes both checkpoints
+STAGE_TITLES = {"pretrain": "Pretrain_vlm 阶段1 输出", "sft": "SFT_vlm 阶段2 输出"}
 
 # ----------------------------------------------------------------------------------------------------
 # Hallucination: which attributes does an answer mention, and does the scene hold them?
@@ -143,11 +144,25 @@ def generate_answers(vlm, tok, questions, feats, max_new_tokens: int = 96, batch
 
 
 def evaluate_checkpoint(vlm, tok, items, desc_questions, scenes, feats, device) -> dict:
-    preds = generate_answers(vlm, tok, [(it["image"], "<image>\n" + it["question"]) for it in items], feats, device=device)
-    acc = accuracy_by_type(items, preds)
+    """Short answers (color/shape/count/position) and the descriptions, generated greedily and scored."""
+    short = [it for it in items if it["type"] != "describe"]
+    # no right short answer is longer than this, so generation may stop there: a longer answer is wrong anyway
+    room = max(len(tok.encode(it["answer"])) for it in short) + 2
+    preds = generate_answers(vlm, tok, [(it["image"], "<image>\n" + it["question"]) for it in short], feats,
+                             max_new_tokens=room, device=device)
     descs = generate_answers(vlm, tok, desc_questions, feats, device=device)
+    # the describe questions are the describe-prompt half of desc_questions: score those answers too
+    said = {q: a for q, a in zip(desc_questions, descs)}
+    desc_items = [it for it in items if it["type"] == "describe"]
+    desc_preds = [said.get((it["image"], "<image>\n" + it["question"]), "") for it in desc_items]
+    acc = accuracy_by_type(short + desc_items, preds + desc_preds)
     hall = hallucination_stats(descs, [scenes[i] for i, _ in desc_questions])
-    return {"accuracy": acc, "hallucination": hall, "descriptions": descs, "predictions": preds}
+    # the same figures per prompt: stage 1 was trained on the caption prompt, stage 2 on the describe prompt
+    for name, prompts in (("describe", DESCRIBE_PROMPTS), ("caption", CAPTION_PROMPTS)):
+        ks = [k for k, (_, q) in enumerate(desc_questions) if q.split("\n")[-1] in [v.split("\n")[-1] for v in prompts.values()]]
+        hall[f"{name}_prompt"] = {k: v for k, v in hallucination_stats([descs[k] for k in ks], [scenes[desc_questions[k][0]] for k in ks]).items()
+                                  if k in ("hallucination_rate", "mean_answer_chars", "object_error_rate")}
+    return {"accuracy": acc, "hallucination": hall, "descriptions": descs}
 
 
 def world_features_for(vlm, scenes, device, cache_dir=None):
@@ -164,7 +179,7 @@ def write_eval_md(out: pathlib.Path, scenes, desc_questions, results, n_rows: in
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     stages = list(results)
-    lines = [header, "", "| 图片 | 问题 | " + " | ".join(f"{s} 输出" for s in stages) + " | 真实描述 (ground truth) |",
+    lines = [header, "", "| 图片 | 问题 | " + " | ".join(STAGE_TITLES.get(s, s) for s in stages) + " | 真实描述 (ground truth) |",
              "|---|---|" + "---|" * len(stages) + "---|"]
     shown = set()
     for k, (i, q) in enumerate(desc_questions):
@@ -173,9 +188,8 @@ def write_eval_md(out: pathlib.Path, scenes, desc_questions, results, n_rows: in
         shown.add(i)
         big = render_scene(scenes[i]).resize((126, 126), 0)  # 2× nearest: the 63-pixel picture stays crisp
         big.save(img_dir / f"{i:03d}.png")
-        from common.world import describe_scene
         truth = describe_scene(scenes[i], "zh" if re.search(r"[\u4e00-\u9fff]", q) else "en")
-        cells = [results[s]["descriptions"][k].replace("|", "/") or "(empty)" for s in stages]
+        cells = [results[s]["descriptions"][k].replace("|", "/").replace("\n", "↵") or "(empty)" for s in stages]
         lines.append(f"| <img src=\"images/{i:03d}.png\" width=\"126\"> | {q.split(chr(10))[-1]} | " + " | ".join(cells) + f" | {truth} |")
     lines.append("")
     path = out / "eval.md"
@@ -222,13 +236,15 @@ def main():
     results, summary = {}, {}
     for stage, (m, _, _) in models.items():
         results[stage] = r = evaluate_checkpoint(m, tok, items, desc_q, scenes, feats, dev)
-        c = accuracy_by_type(combo, generate_answers(m, tok, [(it["image"], "<image>\n" + it["question"]) for it in combo], feats, device=dev))
+        c = accuracy_by_type(combo, generate_answers(m, tok, [(it["image"], "<image>\n" + it["question"]) for it in combo], feats,
+                                                     max_new_tokens=16, device=dev))
         pre = "" if stage == "sft" else "pretrain_"
         summary.update({f"{pre}vqa_accuracy": r["accuracy"]["vqa_accuracy"], f"{pre}vqa_accuracy_by_type": r["accuracy"]["by_type"],
                         f"{pre}heldout_combo_accuracy": c["vqa_accuracy"], f"hallucination_rate_{stage}": r["hallucination"]["hallucination_rate"],
                         f"answers_with_hallucination_{stage}": r["hallucination"]["answers_with_hallucination"],
                         f"object_error_rate_{stage}": r["hallucination"]["object_error_rate"],
-                        f"mean_answer_chars_{stage}": r["hallucination"]["mean_answer_chars"]})
+                        f"mean_answer_chars_{stage}": r["hallucination"]["mean_answer_chars"],
+                        f"hallucination_by_prompt_{stage}": {k: r["hallucination"][f"{k}_prompt"] for k in ("describe", "caption")}})
         print(f"[{stage}] {paths[stage]}: VQA {r['accuracy']['vqa_accuracy']:.1%} {r['accuracy']['by_type']}  "
               f"held-out combinations {c['vqa_accuracy']:.1%}  hallucination {r['hallucination']}", file=sys.stderr)
     summary.setdefault("hallucination_rate_pretrain", None)
@@ -240,7 +256,7 @@ def main():
                         f"{results[s]['hallucination']['mean_answer_chars']} characters" for s in results))
     md = write_eval_md(out, scenes, desc_q, results, args.rows, head)
     print(f"table with pictures: {md}", file=sys.stderr)
-    summary.update({"vqa_questions": sum(accuracy_by_type(items, results["sft"]["predictions"])["n"].values()),
+    summary.update({"vqa_questions": sum(it["type"] != "describe" for it in items),
                     "descriptions_per_stage": len(desc_q), "eval_md": str(md), "wall_s": round(time.perf_counter() - t0, 1)})
     print_summary(**summary)
 

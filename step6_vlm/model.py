@@ -209,7 +209,8 @@ def load_vlm(path, device="cpu", with_vision: bool = True, vision_encoder: str |
     from step1_tokenizer.model import Tokenizer
     ckpt = load_checkpoint(path, expect_steps=("vlm_pretrain", "vlm_sft"), hint="python step6_vlm/train.py")
     tok = Tokenizer.load(ckpt.path)
-    check_vocab(ckpt, tok.vocab_size)
+    from dataclasses import replace  # the vocabulary size is in the LLM's part of the VLM config
+    check_vocab(replace(ckpt, model_config=ckpt.model_config.get("llm", {})), tok.vocab_size)
     cfg = VLMConfig.from_dict(ckpt.model_config["vlm"])
     if vision_encoder:
         cfg.vision_encoder = vision_encoder
@@ -275,15 +276,15 @@ def demo():
   logits  {tuple(logits.shape)}  → text 文本输出
   labels: −100 on {sum(1 for t in labels if t == -100)} of {len(labels)} positions (prompt, template, all {P} image tokens)
 """)
-    print("== freeze table 冻结表 (trainable parameters per module)\n")
-    print(f"  {'stage':<10} {'vision encoder':>16} {'projection':>12} {'LLM':>14}")
+    print("== freeze table 冻结表: trainable parameters per module and stage\n")
+    cols = ("vision", "projection", "llm")
+    print(f"  {'stage':<10}" + "".join(f"{h:<24}" for h in ("vision encoder", "projection", "LLM")))
     for stage in FREEZE_TABLE:
         n = apply_freeze(vlm, stage)
         words = [w if w != "stage1" else f"{DEFAULT_STAGE1_LLM}={DEFAULT_LAST_N}" for w in FREEZE_TABLE[stage]]
-        print(f"  {stage:<10} " + " ".join(f"{f'{w} {n[k]:,}':>{wd}}" for w, k, wd in
-                                           zip(words, ("vision", "projection", "llm"), (16, 12, 22))))
-    total = {k: sum(p.numel() for p in m.parameters()) for k, m in (("vision", vlm.vision), ("projection", vlm.projection), ("llm", vlm.llm))}
-    print(f"  {'total':<10} {total['vision']:>16,} {total['projection']:>12,} {total['llm']:>22,}")
+        print(f"  {stage:<10}" + "".join(f"{w:<11}{n[k]:>11,}  " for w, k in zip(words, cols)))
+    total = {k: sum(p.numel() for p in getattr(vlm, k).parameters()) for k in cols}
+    print(f"  {'(total)':<10}" + "".join(f"{'':<11}{total[k]:>11,}  " for k in cols))
 
 
 def main():

@@ -13,6 +13,7 @@ import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
 
 import random
+import shutil
 import time
 
 import torch
@@ -23,17 +24,19 @@ from common.device import autocast, pick_device, pick_dtype, seed_everything
 from common.errors import CourseError
 from common.training import RunLogger, lr_at, print_summary
 from step2_gpt.model import GPT, GPTConfig, load_gpt
-from step6_vlm.data import caption_messages, eval_items, qa_conversation, world_splits
+from step6_vlm.data import (caption_messages, eval_items, image_key, load_image, load_real_data, qa_conversation,
+                            world_splits)
 from step6_vlm.loop import batches, caption_items, collate, encode, score, world_features
 from step6_vlm.model import (DEFAULT_LAST_N, DEFAULT_STAGE1_LLM, STAGE1_LLM_CHOICES, VLM, VLMConfig, apply_freeze,
                              image_token_id, load_vlm, save_vlm)
-from step6_vlm.vision import CLIP_DIR, default_vision_encoder, image_size, load_vision_encoder
+from step6_vlm.vision import (CLIP_DIR, cached_features, default_vision_encoder, encoder_key, image_size,
+                              load_vision_encoder)
 
 STAGES = ("clip", "pretrain", "sft")
 OUT = {"pretrain": RUNS_DIR / "vlm_pretrain", "sft": RUNS_DIR / "vlm_sft"}
 # steps, batch size, LLM lr, projection lr per stage on the data world (CPU defaults; measured in README)
 PLAN = {"pretrain": dict(steps=300, batch=64, lr=1e-3, proj_lr=2e-3),
-        "sft": dict(steps=1400, batch=48, lr=1e-3, proj_lr=1e-3)}
+        "sft": dict(steps=1200, batch=48, lr=1e-3, proj_lr=1e-3)}
 
 
 def parse():
@@ -105,7 +108,8 @@ def train_stage(stage, vlm, tok, train_ex, feats, args, out, dev, dtype, evaluat
     if llm_params:
         groups.append({"params": llm_params, "base": lr})
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
-    log = RunLogger(out, steps, desc=f"stage {stage}")
+    log_dir = out.parent / f".{out.name}.log"  # the checkpoint folder is replaced atomically at the end
+    log = RunLogger(log_dir, steps, desc=f"stage {stage}")
     it = batches(train_ex, bs, args.seed)
     t0 = time.perf_counter()
     for step in range(steps):
@@ -129,11 +133,16 @@ def train_stage(stage, vlm, tok, train_ex, feats, args, out, dev, dtype, evaluat
     log.eval(steps, **{k: v for k, v in metrics.items() if not isinstance(v, dict)})
     log.close()
     save_vlm(out, vlm, tok, f"vlm_{stage}", train_args=vars(args) | {"pixels": None}, metrics=metrics)
+    for f in log_dir.iterdir():  # metrics.jsonl and loss_curve.png join the checkpoint
+        shutil.move(str(f), str(out / f.name))
+    log_dir.rmdir()
     return metrics
 
 
 def main():
     args = parse()
+    if args.resume:
+        raise CourseError("step 6 has no --resume: its stages are minutes long; rerun the stage instead")
     t_start = time.perf_counter()
     seed_everything(args.seed)
     dev = pick_device(args.device)
@@ -144,7 +153,7 @@ def main():
     summary = {"stages_run": stages}
     if "clip" in stages:
         from step6_vlm.train_clip import train_clip
-        m = train_clip(CLIP_DIR if not args.out else pathlib.Path(args.out) / "clip", steps=40 if args.quick else 500,
+        m = train_clip(CLIP_DIR if not args.out else pathlib.Path(args.out) / "clip", steps=40 if args.quick else 400,
                        n_images=n_train, seed=args.seed, device=args.device, splits=sp)
         print(f"[clip] zero-shot retrieval {m['clip_retrieval_acc']:.1%}, linear probe {m['probe_layer_-2']}", file=sys.stderr)
         summary.update(m)
@@ -155,6 +164,15 @@ def main():
                                   use_cache=not args.no_cache, cache_root=args.cache_dir)
     print(f"features {tuple(feats.shape)} from {enc_name} ({n_enc} pictures encoded, the rest from the cache)", file=sys.stderr)
     test_off, combo_off = n_train, n_train + n_test
+    real = load_real_data(args.data) if args.data else None
+    if real:  # real images go through the same cache, keyed by file content, after the world's pictures
+        keys = [image_key(r["image"]) for r in real]
+        by_key = dict(zip(keys, (r["image"] for r in real)))
+        rfeats, n_enc = cached_features(vision, proc, keys, lambda k: by_key[k] if not isinstance(by_key[k], pathlib.Path)
+                                        else load_image(by_key[k]), encoder_key(enc_name, args.feature_layer),
+                                        args.feature_layer, **({"cache_root": args.cache_dir} if args.cache_dir else {}))
+        real_off, feats = len(feats), torch.cat([feats, rfeats])
+        print(f"--data: {len(real)} samples ({n_enc} images encoded)", file=sys.stderr)
     if args.no_cache:
         from step6_vlm.data import render_scene
         from step6_vlm.vision import preprocess
@@ -192,7 +210,9 @@ def main():
                 print(f"[{stage}] LLM from {init_from}", file=sys.stderr)
             if args.no_cache:
                 vlm.vision = vision
-        if stage == "pretrain":
+        if real:
+            convs = [(real_off + i, r["messages"]) for i, r in enumerate(real)]
+        elif stage == "pretrain":
             convs = [(i, caption_messages(s, lang)) for i, s in enumerate(sp.train) for lang in ("zh", "en")]
         else:
             convs = [(i, qa_conversation(s, rng)) for _ in range(3) for i, s in enumerate(sp.train)]

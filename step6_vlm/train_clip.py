@@ -14,6 +14,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo roo
 import json
 import random
 import re
+import shutil
 import time
 from dataclasses import replace
 
@@ -159,7 +160,7 @@ def linear_probe(train_feats, train_scenes, test_feats, test_scenes, steps: int 
     return out
 
 
-def train_clip(out=CLIP_DIR, steps: int = 1200, batch_pairs: int = 128, lr: float = 2e-3, width: int = 128,
+def train_clip(out=CLIP_DIR, steps: int = 400, batch_pairs: int = 128, lr: float = 2e-3, width: int = 128,
                layers: int = 4, n_images: int = 8000, seed: int = 1337, device: str = "cpu", log=True,
                splits=None) -> dict:
     """Train, evaluate (retrieval + probe), save. Returns the metrics."""
@@ -181,7 +182,8 @@ def train_clip(out=CLIP_DIR, steps: int = 1200, batch_pairs: int = 128, lr: floa
     pix = preprocess(proc, [render_scene(s) for s in scenes])                    # (2N, 3, 63, 63)
     ids, mask = vocab.batch([describe_scene(s, "en") for s in scenes])            # (2N, L)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1, betas=(0.9, 0.98))
-    logger = RunLogger(out.parent / (out.name + "_log"), steps, desc="stage 0: CLIP", enabled=log)
+    log_dir = out.parent / f".{out.name}.log"
+    logger = RunLogger(log_dir, steps, desc="stage 0: CLIP", enabled=log)
     n_pairs = len(pairs)
     for step in range(steps):
         model.train()
@@ -214,9 +216,12 @@ def train_clip(out=CLIP_DIR, steps: int = 1200, batch_pairs: int = 128, lr: floa
     proc.save_pretrained(tmp)
     (tmp / TEXT_FILE).write_text(json.dumps(vocab.words))
     if out.exists():
-        import shutil
         shutil.rmtree(out)
     tmp.rename(out)
+    if log_dir.exists():
+        for f in log_dir.iterdir():  # metrics.jsonl and loss_curve.png next to the model
+            shutil.move(str(f), str(out / f.name))
+        log_dir.rmdir()
     from transformers import CLIPVisionModel
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()  # the unused text tower is expected when loading only the vision tower
@@ -235,7 +240,7 @@ def train_clip(out=CLIP_DIR, steps: int = 1200, batch_pairs: int = 128, lr: floa
 def main():
     p = course_parser("Stage 0: train a small CLIP on the data world (阶段0：在玩具世界上对比学习训练小CLIP)",
                       out=str(CLIP_DIR), lr=2e-3)
-    p.add_argument("--steps", type=int, default=1200, help="优化步数 contrastive training steps")
+    p.add_argument("--steps", type=int, default=400, help="优化步数 contrastive training steps")
     p.add_argument("--width", type=int, default=128, help="编码器宽度 transformer width of both towers")
     p.add_argument("--layers", type=int, default=4, help="视觉层数 vision transformer layers")
     p.add_argument("--images", type=int, default=8000, help="训练图像数 number of training scenes")

@@ -25,7 +25,8 @@ def hf(saved):
 
 
 def test_save_load_roundtrip(tok, saved):
-    for path in (saved, saved / "tokenizer.json"):
+    assert {"bpe.json", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in saved.iterdir()}
+    for path in (saved, saved / "tokenizer.json", saved / "bpe.json"):
         again = Tokenizer.load(path)
         assert again.merges == tok.merges and again.vocab == tok.vocab and again.special_tokens == tok.special_tokens
     assert load_tokenizer(saved).encode("图中有2个图形。") == tok.encode("图中有2个图形。")
@@ -65,6 +66,9 @@ def test_foreign_tokenizer_json_is_refused(tmp_path):
     other.save(str(tmp_path / "tokenizer.json"))
     with pytest.raises(CourseError, match="was not written by this course's tokenizer"):
         Tokenizer.load(tmp_path)
+    (tmp_path / "bpe.json").write_text(json.dumps({"format": "minbpe v1", "merges": []}))
+    with pytest.raises(CourseError, match="was not written by this course's tokenizer"):
+        Tokenizer.load(tmp_path / "bpe.json")
     (tmp_path / "tokenizer.json").write_text("not json at all")
     with pytest.raises(CourseError, match="was not written by this course's tokenizer"):
         Tokenizer.load(tmp_path / "tokenizer.json")
@@ -72,6 +76,7 @@ def test_foreign_tokenizer_json_is_refused(tmp_path):
 
 def test_damaged_tokenizer_json_is_refused(tok, tmp_path):
     tok.save(tmp_path)
+    (tmp_path / "bpe.json").unlink()
     d = json.loads((tmp_path / "tokenizer.json").read_text())
     d["model"]["merges"][0] = "zz qq"
     (tmp_path / "tokenizer.json").write_text(json.dumps(d))

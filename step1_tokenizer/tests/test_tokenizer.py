@@ -110,8 +110,17 @@ def test_unknown_special_token_name(tok):
         tok.special_id("<|tool|>")
     with pytest.raises(CourseError, match="must include"):
         Tokenizer([], special_tokens=["<|pad|>"])
+    with pytest.raises(CourseError, match="each once"):
+        Tokenizer([], special_tokens=SPECIAL_TOKENS + ["<|pad|>"])
+
+
+def test_lone_surrogate_is_a_clear_error(tok):
+    with pytest.raises(CourseError, match="lone surrogate"):
+        tok.encode("ok \ud800")
 
 
 def test_decode_out_of_range(tok):
     with pytest.raises(CourseError, match="outside this tokenizer's vocabulary"):
         tok.decode([tok.vocab_size])
+    with pytest.raises(CourseError, match="outside this tokenizer's vocabulary"):
+        tok.decode([-1])

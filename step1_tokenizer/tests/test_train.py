@@ -82,6 +82,13 @@ def test_empty_corpus():
         train_bpe(["", ""], 512)
 
 
+def test_texts_must_be_strings():
+    with pytest.raises(CourseError, match="not one single string"):
+        train_bpe("just one string", 512)
+    with pytest.raises(CourseError, match="texts as str"):
+        train_bpe([b"bytes"], 512)
+
+
 def test_tiny_corpus():
     with pytest.raises(CourseError, match="too small for vocab size 4096"):
         train_bpe(["hello world"], 4096, allow_smaller=False)

@@ -79,13 +79,13 @@ def test_divergence_stops_with_advice(tmp_path):
 @pytest.mark.slow
 def test_golden_val_loss_band(tmp_path):
     """A seeded ~20 s character-level run on the data world lands in a fixed band (golden numbers: a student's
-    run that matches the course's code lands here too). Untrained: ln(vocab) ≈ 4.3."""
+    run that matches the course's code lands here too)."""
     data = write_text(tmp_path)
     s = run(["--device", "cpu", "--tokenizer", "char", "--data", str(data), "--out", str(tmp_path / "g"),
              "--cache-dir", str(tmp_path / "cache"), "--seq-len", "64", "--batch-size", "16", "--n-layer", "2",
-             "--n-head", "4", "--n-embd", "64", "--max-steps", "150", "--eval-every", "150", "--eval-windows", "64",
-             "--warmup", "10", "--lr", "1e-2", "--seed", "1337", "--sample-tokens", "0"])
-    assert 1.10 < s["val_loss"] < 1.60, s
+             "--n-head", "4", "--n-embd", "64", "--max-steps", "120", "--eval-every", "120", "--eval-windows", "64",
+             "--warmup", "10", "--lr", "3e-3", "--seed", "1337", "--sample-tokens", "0"])
+    assert 2.17 < s["val_loss"] < 2.47, s   # measured: 2.324 (torch 2.13, CPU); untrained ln(192) = 5.26
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -70,7 +70,7 @@ def test_generation_and_table(tok, tmp_path):
     md = write_eval_md(tmp_path, [SCENE, SCENE], qs, res, n_rows=2, header="# t")
     text = md.read_text()
     assert text.count("<img src=") == 2 and (tmp_path / "images" / "000.png").is_file()
-    assert "long / text" in text and "pretrain 输出" in text and "左上是一个大的红色圆形" in text
+    assert "long / text" in text and "Pretrain_vlm 阶段1 输出" in text and "左上是一个大的红色圆形" in text
 
 
 def test_eval_missing_checkpoint_names_the_command(tmp_path, monkeypatch):

@@ -240,3 +240,26 @@ def test_cli_bad_inputs_give_one_line(tmp_path):
 def test_notebook_runs(run_notebook):
     from pathlib import Path
     run_notebook(Path(__file__).resolve().parents[1] / "lesson.ipynb", timeout=300)
+
+
+def test_real_data_loaders(tmp_path):
+    import json
+    from step6_vlm.data import image_key, load_real_data
+    (tmp_path / "images").mkdir()
+    for name in ("cat.jpg", "dog.jpg"):
+        Image.new("RGB", (32, 32), (200, 100, 0)).save(tmp_path / "images" / name)
+    (tmp_path / "captions.json").write_text(json.dumps({"cat.jpg": "一只橙色的猫", "dog.jpg": "一条狗"}, ensure_ascii=False))
+    llava = [{"image": "images/cat.jpg", "conversations": [{"from": "human", "value": "这是什么？"},
+                                                            {"from": "gpt", "value": "一只猫"}]}]
+    (tmp_path / "llava.json").write_text(json.dumps(llava, ensure_ascii=False))
+    rows = load_real_data([tmp_path, tmp_path / "llava.json"])
+    assert len(rows) == 3 and all(r["image"].is_file() for r in rows)
+    assert rows[0]["messages"][0]["content"] == "<image>\n这个图像中有什么内容？"
+    assert rows[2]["messages"][0]["content"] == "<image>\n这是什么？"       # placeholder put in front
+    assert image_key(rows[0]["image"]) == image_key(rows[2]["image"])       # same file content, same cache key
+    llava[0]["conversations"][0]["value"] = "<image><image>两张？"
+    (tmp_path / "two.json").write_text(json.dumps(llava, ensure_ascii=False))
+    with pytest.raises(CourseError, match="2 <image> placeholders"):
+        load_real_data([tmp_path / "two.json"])
+    with pytest.raises(CourseError, match="no such file"):
+        load_real_data([tmp_path / "nope.json"])
