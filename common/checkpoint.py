@@ -21,6 +21,7 @@ from common.errors import CourseError
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 TRAINING_STATE_FILE = "training_state.pt"
+RUN_LOG_SUFFIXES = {".jsonl", ".png", ".md", ".log", ".txt", ".csv"}  # a run's logs, carried across saves
 
 
 @dataclass
@@ -39,7 +40,7 @@ def save_checkpoint(folder, *, state_dict: dict, step: str, model_config: dict, 
                     extra: dict | None = None) -> Path:
     """Write a checkpoint folder atomically: everything goes into a hidden sibling folder first, which
     then replaces `folder` by rename. A writer killed at any point leaves the previous checkpoint intact
-    (or none), never a half-written one. `tokenizer` is any object with `.save(folder)`."""
+    (or none), never a half-written one. Run logs already in `folder` (metrics.jsonl, plots) are carried over. `tokenizer` is any object with `.save(folder)`."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
@@ -55,6 +56,10 @@ def save_checkpoint(folder, *, state_dict: dict, step: str, model_config: dict, 
         tokenizer.save(tmp)
     if training_state is not None:
         torch.save(training_state, tmp / TRAINING_STATE_FILE)
+    if folder.is_dir():  # keep what the run logged beside the checkpoint (metrics.jsonl, loss_curve.png, ...)
+        for f in folder.iterdir():  # but never stale weights, optimizer state or tokenizer files
+            if f.is_file() and f.suffix in RUN_LOG_SUFFIXES and not (tmp / f.name).exists():
+                shutil.copy2(f, tmp / f.name)
     _fsync_tree(tmp)
     old = folder.parent / f".{folder.name}.old-{os.getpid()}"
     if folder.exists():

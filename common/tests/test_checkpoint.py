@@ -87,3 +87,14 @@ def test_corrupt_weights_are_one_sentence(tmp_path):
     (tmp_path / "ck" / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(CourseError, match="cannot be read as safetensors"):
         load_checkpoint(tmp_path / "ck")
+
+
+def test_run_logs_beside_the_checkpoint_survive_a_save(tmp_path):
+    _save(tmp_path / "ck", 1.0, tokenizer=FakeTokenizer())
+    (tmp_path / "ck" / "metrics.jsonl").write_text('{"kind": "train", "step": 0, "loss": 1.0}\n')
+    (tmp_path / "ck" / "loss_curve.png").write_bytes(b"png")
+    _save(tmp_path / "ck", 2.0)  # no tokenizer this time: a stale tokenizer.json must not survive
+    assert (tmp_path / "ck" / "metrics.jsonl").read_text().startswith('{"kind"')
+    assert (tmp_path / "ck" / "loss_curve.png").is_file()
+    assert not (tmp_path / "ck" / "tokenizer.json").exists()
+    assert torch.equal(load_checkpoint(tmp_path / "ck").state_dict["w"], torch.full((3,), 2.0))
