@@ -4,8 +4,8 @@ converters, ...) can load the student's model.
 
     python export_hf.py --init ../runs/pretrain --out ../runs/hf_llama --check
 
-Our architecture is Llama's: only names differ, plus two fused matrices to split (qkv → q/k/v, gate_up →
-gate/up). RoPE uses the same "rotate half" channel pairing as transformers, so no permutation is needed.
+Our architecture is Llama's: only names differ, plus one fused matrix to split (qkv → q_proj/k_proj/v_proj).
+RoPE uses the same "rotate half" channel pairing as transformers, so no permutation is needed.
 The config is written by hand with long-standing keys only, so older transformers 5.x versions load it too.
 """
 import sys, pathlib
@@ -57,20 +57,19 @@ def hf_config(cfg: GPTConfig, special_ids: dict | None = None) -> dict:
 
 
 def hf_state_dict(model: GPT) -> dict:
-    """Our parameter names → transformers Llama names, splitting the fused matrices."""
+    """Our parameter names → transformers Llama names, splitting the fused qkv matrix."""
     cfg = model.config
     q_rows, kv_rows = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
     out = {"model.embed_tokens.weight": model.tok_embeddings.weight, "model.norm.weight": model.norm.weight}
     for i, b in enumerate(model.blocks):
         p = f"model.layers.{i}."
         q, k, v = b.attn.qkv.weight.split([q_rows, kv_rows, kv_rows], dim=0)  # rows = output features
-        gate, up = b.mlp.gate_up.weight.chunk(2, dim=0)
         out.update({
             p + "input_layernorm.weight": b.attn_norm.weight,
             p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k, p + "self_attn.v_proj.weight": v,
             p + "self_attn.o_proj.weight": b.attn.proj.weight,
             p + "post_attention_layernorm.weight": b.mlp_norm.weight,
-            p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up, p + "mlp.down_proj.weight": b.mlp.down.weight,
+            p + "mlp.gate_proj.weight": b.mlp.gate.weight, p + "mlp.up_proj.weight": b.mlp.up.weight, p + "mlp.down_proj.weight": b.mlp.down.weight,
         })
     if not cfg.tie_embeddings:  # tied: transformers re-ties lm_head to embed_tokens itself
         out["lm_head.weight"] = model.lm_head.weight
