@@ -40,7 +40,8 @@ def save_checkpoint(folder, *, state_dict: dict, step: str, model_config: dict, 
                     extra: dict | None = None) -> Path:
     """Write a checkpoint folder atomically: everything goes into a hidden sibling folder first, which
     then replaces `folder` by rename. A writer killed at any point leaves the previous checkpoint intact
-    (or none), never a half-written one. Run logs already in `folder` (metrics.jsonl, plots) are carried over. `tokenizer` is any object with `.save(folder)`."""
+    (or none), never a half-written one. Run logs already in `folder` (metrics.jsonl, plots) are carried
+    over. `tokenizer` is any object with `.save(folder)`."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"

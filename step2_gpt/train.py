@@ -176,12 +176,8 @@ def main():
     seconds = time.perf_counter() - t0
     metrics = {"val_loss_before": round(val_before, 4), "val_loss_after": round(val_after, 4),
                "first_train_loss": round(first_loss, 4), "last_train_loss": round(loss_value, 4)}
-    # save_checkpoint swaps in a fresh folder (atomic), so carry the run's log and plot over to it
-    keep = {f.name: f.read_bytes() for f in (log.metrics_path, plot) if f is not None and f.is_file()}
     save_checkpoint(out, state_dict=model.state_dict(), step="gpt", model_config=cfg.to_dict(),
-                    train_args=vars(args), metrics=metrics, tokenizer=tok)
-    for name, data in keep.items():
-        (out / name).write_bytes(data)
+                    train_args=vars(args), metrics=metrics, tokenizer=tok)  # keeps metrics.jsonl and the plot
     print(f"\nval loss {val_before:.3f} → {val_after:.3f} (uniform guessing: ln {cfg.vocab_size} = "
           f"{math.log(cfg.vocab_size):.3f}); checkpoint → {out}; loss curve → {plot}")
     print_summary(step="gpt", **metrics, steps=args.max_steps, params=n_params,
