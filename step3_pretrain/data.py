@@ -295,17 +295,3 @@ def sample_prompts(tok, data: TokenData) -> list:
     if str(data.meta["sources"].get("name", "")).startswith("world"):
         return ["小明有", "There are"]
     return [tok.decode(data.val[:16].tolist())]
-
-
-class WithRunFiles:
-    """save_checkpoint replaces the whole folder atomically, so files that live next to the weights (the run's
-    metrics.jsonl) are copied into the new folder along with the tokenizer."""
-
-    def __init__(self, tokenizer, files):
-        self.tokenizer, self.files = tokenizer, [Path(f) for f in files]
-
-    def save(self, folder):
-        self.tokenizer.save(folder)
-        for f in self.files:
-            if f.is_file():
-                shutil.copy2(f, Path(folder) / f.name)

@@ -26,8 +26,17 @@ def load_pretrained(path, device="cpu"):
     tok = load_any_tokenizer(ckpt.path)
     check_vocab(ckpt, tok.vocab_size)
     model = GPT(GPTConfig.from_dict(ckpt.model_config))
-    model.load_state_dict(ckpt.state_dict)
+    load_weights(model, ckpt)
     return model.to(device).eval(), tok, ckpt
+
+
+def load_weights(model, ckpt):
+    """Strict load; weights from an older layout of step 2's GPT get one sentence, not a traceback."""
+    try:
+        model.load_state_dict(ckpt.state_dict)
+    except RuntimeError as e:
+        raise CourseError(f"{ckpt.path}: the weights do not fit step 2's current GPT ({str(e).splitlines()[0][:120]}); "
+                          "retrain it with: python step3_pretrain/train.py") from None
 
 
 class Streamer:

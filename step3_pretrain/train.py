@@ -28,7 +28,8 @@ from common.device import autocast, pick_device, pick_dtype, seed_everything
 from common.errors import CourseError
 from common.training import RunLogger, lr_at
 from step2_gpt.model import GPT, GPTConfig
-from step3_pretrain.data import (check_enough, prepare_data, sample_prompts, tokenizer_fingerprint, WithRunFiles)
+from step3_pretrain.data import check_enough, prepare_data, sample_prompts, tokenizer_fingerprint
+from step3_pretrain.demo import load_weights
 from step3_pretrain.model import batch_offsets, build_model, cut_batch, eval_offsets, perplexity, pretrain_preset
 
 PROCESS_START = time.perf_counter()
@@ -156,7 +157,7 @@ def train(args, t_start: float = PROCESS_START):
             raise CourseError(f"{start} was trained with another tokenizer (vocab {ckpt.model_config['vocab_size']}, "
                               f"now {tok.vocab_size}); pass the same --tokenizer, or start fresh without --resume/--init")
         model = GPT(GPTConfig.from_dict(ckpt.model_config))
-        model.load_state_dict(ckpt.state_dict)
+        load_weights(model, ckpt)
     else:
         model = build_model(args.size, tok.vocab_size, args.seq_len, **overrides)
     model.to(device)
@@ -194,7 +195,7 @@ def train(args, t_start: float = PROCESS_START):
                  "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None} if with_state else None
         save_checkpoint(folder, state_dict=raw.state_dict(), step="pretrain", model_config=raw.config.to_dict(),
                         train_args={k: v for k, v in vars(args).items()}, metrics=metrics, training_state=state,
-                        tokenizer=WithRunFiles(tok, [out / "metrics.jsonl"] if folder == out else []),
+                        tokenizer=tok,
                         extra={"tokenizer_fingerprint": fingerprint, "data": what})
 
     # --- the loop
@@ -241,7 +242,7 @@ def train(args, t_start: float = PROCESS_START):
                 val_loss = evaluate(fwd.module if world > 1 else fwd, data.val, val_offs, args.seq_len, micro, device, dtype, rank, world)
                 log.eval(step - 1, val_loss=val_loss, val_ppl=perplexity(val_loss), tokens_seen=tokens_seen)
                 if is_main and args.sample_tokens > 0:
-                    with torch.random.fork_rng(devices=[]):  # sampling must not shift the training RNG
+                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # keep training RNG
                         for text in prompts:
                             ids = torch.tensor([tok.encode(text)], device=device)
                             new = raw.generate(ids, max_new_tokens=args.sample_tokens, temperature=0.8, top_k=50,

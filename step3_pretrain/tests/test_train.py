@@ -78,7 +78,7 @@ def test_divergence_stops_with_advice(tmp_path):
 
 @pytest.mark.slow
 def test_golden_val_loss_band(tmp_path):
-    """A seeded ~20 s character-level run on the data world lands in a fixed band (golden numbers: a student's
+    """A seeded few-second character-level run on the data world lands in a fixed band (golden numbers: a student's
     run that matches the course's code lands here too)."""
     data = write_text(tmp_path)
     s = run(["--device", "cpu", "--tokenizer", "char", "--data", str(data), "--out", str(tmp_path / "g"),
