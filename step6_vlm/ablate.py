@@ -34,7 +34,7 @@ from step6_vlm.loop import batches, caption_items, collate, encode, score
 from step6_vlm.model import VLM, VLMConfig, apply_freeze, image_token_id
 
 # Short runs: same learning rates as train.py, far fewer steps, so all rows fit in ~30 CPU minutes.
-PLAN = {"pretrain": dict(steps=150, batch=64, lr=1e-3, proj_lr=2e-3), "sft": dict(steps=450, batch=48, lr=1e-3, proj_lr=1e-3)}
+PLAN = {"pretrain": dict(steps=60, batch=16, lr=1e-3, proj_lr=2e-3), "sft": dict(steps=240, batch=16, lr=1e-3, proj_lr=1e-3)}
 QUICK_PLAN = {"pretrain": dict(steps=4, batch=8, lr=1e-3, proj_lr=2e-3), "sft": dict(steps=6, batch=8, lr=1e-3, proj_lr=1e-3)}
 
 # name: (group, what changes, overrides). Overrides: VLMConfig fields, stage1_llm, image_loss, stages.
@@ -48,6 +48,8 @@ VARIANTS = {
     "one_stage":     ("3 stage-1 freeze", "one stage: SFT only, same total steps", {"stages": ("sft",)}),
     "mlp":           ("4 projection", "MLP projection (Linear-GELU-Linear)", {"projector": "mlp"}),
 }
+# the order rows are run in (most telling first, so a stopped run has measured what matters most)
+ORDER = ["baseline", "first", "mean", "image_loss", "stage1_frozen", "one_stage", "mlp", "stage1_all"]
 # the groups of the table, each with the baseline as its reference row
 GROUPS = {"1 image tokens": ["baseline", "first", "mean"], "2 loss on image positions": ["baseline", "image_loss"],
           "3 stage-1 freeze": ["stage1_frozen", "baseline", "stage1_all", "one_stage"], "4 projection": ["baseline", "mlp"]}
@@ -55,9 +57,12 @@ BASELINE_LABEL = {"1 image tokens": "all patches (LLaVA, baseline)", "2 loss on 
                   "3 stage-1 freeze": "stage 1: projection + last 2 layers (baseline)", "4 projection": "linear, no bias (baseline)"}
 
 
-def load_init_llm():
-    """The LLM every VLM starts from, as train.py: runs/sft if it exists, else runs/pretrain."""
+def load_init_llm(init=None):
+    """The LLM every VLM starts from, as train.py: --init, else runs/sft if it exists, else runs/pretrain."""
     from step2_gpt.model import load_gpt
+    if init:
+        gpt, tok, ckpt = load_gpt(init, expect_steps=("pretrain", "sft", "rlhf", "gpt"))
+        return gpt, tok, str(ckpt.path)
     for path in (RUNS_DIR / "sft", RUNS_DIR / "pretrain"):
         if (path / "config.json").is_file():
             gpt, tok, ckpt = load_gpt(path, expect_steps=("pretrain", "sft", "rlhf", "gpt"))
@@ -109,6 +114,7 @@ def run_variant(name: str, ctx: dict) -> dict:
             convs = [(i, caption_messages(s, lang)) for i, s in enumerate(sp.train) for lang in ("zh", "en")]
         else:
             convs = [(i, qa_conversation(s, rng)) for _ in range(3) for i, s in enumerate(sp.train)]
+            convs = [(i, m) for i, m in convs if m]  # a conversation whose only question had no single answer is empty
         ex = encode(vlm, tok, convs)
         if ov.get("image_loss"):
             ex = with_image_loss(ex, vlm.config.image_token_id)
@@ -118,6 +124,7 @@ def run_variant(name: str, ctx: dict) -> dict:
         r = train_stage(vlm, tok, ex, feats, stage, p, ov.get("stage1_llm", "last_n"), ctx["seed"], dev)
         out[f"{stage}_proj_grad0"] = round(r["proj_grad0"], 5)
         out[f"{stage}_final_loss"] = round(r["loss"], 4)
+        print(f"  [{name}] {stage}: {p['steps']} steps in {r['s']:.0f} s, final loss {r['loss']:.3f}", file=sys.stderr)
         if stage == "pretrain":
             out["caption_accuracy"] = round(score(vlm, tok, ctx["captions"], feats, dev)["overall"], 4)
     vqa = score(vlm, tok, ctx["items"], feats, dev)
@@ -128,16 +135,60 @@ def run_variant(name: str, ctx: dict) -> dict:
     return out
 
 
+def probe_ceiling(feats: torch.Tensor, scenes, n_train: int, mode: str, ridge: float = 1.0) -> dict:
+    """What can the LLM possibly read from the image tokens of a mode? A linear (ridge) probe from those tokens
+    to the answer of each question type, fitted on the training pictures and scored on the rest — an upper
+    bound that needs no LLM training. color/shape: of the thing in each occupied cell; count; position: a
+    thing's cell holds its colour AND shape in the decoded map (what "where is the red star?" needs)."""
+    f = {"first": feats[:, :1], "mean": feats.mean(1, keepdim=True), "all": feats}[mode].flatten(1)  # (N, n·D)
+    x = torch.cat([f, torch.ones(len(f), 1)], 1).double()                                           # (N, n·D+1)
+    from common.world import COLORS, SHAPES
+    cols, shps = [c.en for c in COLORS], [s[1] for s in SHAPES]
+    def onehots(scene):  # 9 cells × (colour or empty), 9 cells × (shape or empty), count 1–4
+        c, s = torch.zeros(9, len(cols) + 1), torch.zeros(9, len(shps) + 1)
+        c[:, -1], s[:, -1] = 1, 1
+        for t in scene:
+            k = 3 * t.row + t.col
+            c[k, -1], s[k, -1] = 0, 0
+            c[k, cols.index(t.color.en)], s[k, shps.index(t.shape[1])] = 1, 1
+        n = torch.zeros(4); n[len(scene) - 1] = 1
+        return torch.cat([c.flatten(), s.flatten(), n])
+    y = torch.stack([onehots(sc) for sc in scenes]).double()                                        # (N, 9·9+9·7+4)
+    a, b = x[:n_train], y[:n_train]
+    w = torch.linalg.solve(a.T @ a + ridge * torch.eye(a.shape[1], dtype=a.dtype), a.T @ b)          # (n·D+1, K)
+    pred, true = x[n_train:] @ w, y[n_train:]
+    nc, ns = len(cols) + 1, len(shps) + 1
+    pc = pred[:, :9 * nc].reshape(-1, 9, nc).argmax(-1); tc = true[:, :9 * nc].reshape(-1, 9, nc).argmax(-1)
+    ps = pred[:, 9 * nc:9 * (nc + ns)].reshape(-1, 9, ns).argmax(-1); ts = true[:, 9 * nc:9 * (nc + ns)].reshape(-1, 9, ns).argmax(-1)
+    occ = tc != nc - 1                                                                              # (M, 9) cells with a thing
+    count = (pred[:, -4:].argmax(-1) == true[:, -4:].argmax(-1)).double().mean()
+    return {"color": round(float((pc == tc)[occ].double().mean()), 4), "shape": round(float((ps == ts)[occ].double().mean()), 4),
+            "count": round(float(count), 4), "position": round(float(((pc == tc) & (ps == ts))[occ].double().mean()), 4)}
+
+
 def command(name: str, quick: bool) -> str:
     return f"python step6_vlm/ablate.py --only {name}" + (" --quick" if quick else "")
 
 
-def table(results: dict, quick: bool, machine: str) -> str:
+def table(results: dict, quick: bool, machine: str, probe: dict | None = None, plan: dict | None = None) -> str:
     """Markdown: one block per ablation, the baseline repeated as each block's reference row."""
     types = ("color", "shape", "count", "position")
+    pre = []
+    if probe:
+        pre = ["Information ceiling of the image tokens (linear probe on the frozen features each mode hands to the LLM, "
+               "fitted on the training pictures, scored on held-out ones; no LLM training, seconds):", "",
+               "| image tokens | tokens per image | " + " | ".join(types) + " |", "|---|---|" + "---|" * len(types)]
+        for m, label in (("first", "first patch only (seed 000 bug)"), ("mean", "one mean-pooled token (seed 000 fix)"),
+                         ("all", "all patches (LLaVA)")):
+            pre.append(f"| {label} | {1 if m != 'all' else 'P'} | " + " | ".join(f"{probe[m][t]:.1%}" for t in types) + " |")
+        pre.append("")
+    if plan:
+        pre.append(f"Training per row: stage 1 {plan['pretrain']['steps']} steps × {plan['pretrain']['batch']}, stage 2 "
+                   f"{plan['sft']['steps']} steps × {plan['sft']['batch']} (one stage: {plan['pretrain']['steps'] + plan['sft']['steps']} "
+                   f"SFT steps), all rows from the same LLM and seed.\n")
     head = ("| ablation | setting | VQA | " + " | ".join(types) + " | describe | held-out combos | stage-1 captions "
             "| proj. grad (1st step) | train s | command |")
-    lines = [f"Measured on {machine}; held-out pictures, exact match of the greedy answer.", "", head,
+    lines = pre + [f"Measured on {machine}; held-out pictures, exact match of the greedy answer.", "", head,
              "|" + "---|" * (head.count("|") - 1)]
     for group, names in GROUPS.items():
         for n in names:
@@ -165,21 +216,28 @@ def setup(args, dev) -> dict:
     else:
         from step6_vlm.loop import world_features
         from step6_vlm.vision import default_vision_encoder, image_size, load_vision_encoder
-        gpt, tok, src = load_init_llm()
+        gpt, tok, src = load_init_llm(args.init)
         enc = args.vision_encoder or default_vision_encoder()
         vision, proc = load_vision_encoder(enc, dev)
-        n_train, n_test, n_combo, plan = args.images, args.eval_images, 300, copy.deepcopy(PLAN)
-        sp = world_splits(n_train, n_test, n_combo, seed=args.seed)
+        n_train, n_test, n_combo, plan = args.images, args.eval_images, args.eval_images // 2, copy.deepcopy(PLAN)
+        # the splits exactly as train.py draws them (400 + 300 held out), so the training pictures and their
+        # cached features are the same; the evaluation uses the first n_test / n_combo held-out pictures
+        sp = world_splits(n_train, max(400, n_test), max(300, n_combo), seed=args.seed)
+        sp.test, sp.combo = sp.test[:n_test], sp.combo[:n_combo]
         feats, _ = world_features(vision, proc, sp.train + sp.test + sp.combo, enc, -2, image_size(proc))
         vc = vision.config
         cfg = VLMConfig(enc, vc.hidden_size, feats.shape[1], image_size(proc), image_token_id(tok))
     for stage, flag in (("pretrain", args.pretrain_steps), ("sft", args.sft_steps)):
         if flag:
             plan[stage]["steps"] = flag
+        if args.batch_size:
+            plan[stage]["batch"] = args.batch_size
     t_off, c_off = n_train, n_train + n_test
+    held = sp.train + sp.test
+    probe = {m: probe_ceiling(feats[:len(held)], held, n_train, m) for m in ("first", "mean", "all")}
     items = [dict(it, image=it["image"] + t_off) for it in eval_items(sp.test, args.seed)]
     return {"tok": tok, "gpt": gpt, "cfg": cfg, "feats": feats, "device": dev, "splits": sp, "plan": plan,
-            "seed": args.seed, "src": src, "items": [it for it in items if it["type"] != "describe"],
+            "seed": args.seed, "src": src, "probe": probe, "items": [it for it in items if it["type"] != "describe"],
             "describe": [it for it in items if it["type"] == "describe"],
             "combo": [dict(it, image=it["image"] + c_off) for it in eval_items(sp.combo, args.seed, combo=True)
                       if it["type"] != "describe"],
@@ -190,18 +248,16 @@ def main():
     p = course_parser("Measured ablations of the VLM's image path (消融实验)")
     p.add_argument("--only", default=None, help=f"只跑这些行 comma list of rows: {', '.join(VARIANTS)}")
     p.add_argument("--images", type=int, default=8000, help="训练图像数 training pictures (as train.py: features come from its cache)")
-    p.add_argument("--eval-images", type=int, default=400, help="评估图像数 held-out pictures")
+    p.add_argument("--eval-images", type=int, default=200, help="评估图像数 held-out pictures (and half as many held-out combinations)")
     p.add_argument("--pretrain-steps", type=int, default=None, help=f"阶段1步数 (default {PLAN['pretrain']['steps']})")
     p.add_argument("--sft-steps", type=int, default=None, help=f"阶段2步数 (default {PLAN['sft']['steps']})")
     p.add_argument("--vision-encoder", default=None, help="视觉编码器 (default: as train.py)")
     p.add_argument("--machine", default="2-core CPU", help="机器 how to name this machine in the table")
     args = p.parse_args()
-    names = args.only.split(",") if args.only else list(VARIANTS)
+    names = args.only.split(",") if args.only else list(ORDER)
     bad = [n for n in names if n not in VARIANTS]
     if bad:
         raise CourseError(f"unknown row(s) {bad}; choose from {', '.join(VARIANTS)}")
-    if "baseline" not in names:  # every block compares against the baseline
-        names.insert(0, "baseline")
     t0 = time.perf_counter()
     seed_everything(args.seed)
     dev = pick_device(args.device)
@@ -210,6 +266,8 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "ablation.json"
     results = json.loads(saved.read_text()) if saved.is_file() and args.only else {}  # --only adds rows to the table
+    if "baseline" not in names and "baseline" not in results:  # every block compares against the baseline
+        names.insert(0, "baseline")
     print(f"ablations from {ctx['src']}, features {tuple(ctx['feats'].shape)}, steps {ctx['plan']['pretrain']['steps']}"
           f" + {ctx['plan']['sft']['steps']}", file=sys.stderr)
     for n in names:
@@ -217,13 +275,16 @@ def main():
         results[n] = r = run_variant(n, ctx)
         print(f"[{n}] VQA {r['vqa_accuracy']:.1%} {r['by_type']} combos {r['heldout_combo_accuracy']:.1%} "
               f"({r['train_s']:.0f} s)", file=sys.stderr)
-        saved.write_text(json.dumps(results, indent=1))  # after every row: a stopped run keeps what it measured
-    md = table(results, args.quick, args.machine)
+        saved.write_text(json.dumps(results | {"probe": ctx["probe"]}, indent=1))  # a stopped run keeps what it measured
+        (out / "ablation.md").write_text(table({k: v for k, v in results.items() if k in VARIANTS}, args.quick, args.machine,
+                                               ctx["probe"], ctx["plan"]), encoding="utf-8")
+    results["probe"] = ctx["probe"]
+    md = table({k: v for k, v in results.items() if k in VARIANTS}, args.quick, args.machine, ctx["probe"], ctx["plan"])
     (out / "ablation.md").write_text(md, encoding="utf-8")
     print(md, file=sys.stderr)
     print_summary(rows={n: {k: r[k] for k in ("vqa_accuracy", "by_type", "heldout_combo_accuracy", "train_s")}
                         | {k: v for k, v in r.items() if k.endswith(("proj_grad0", "caption_accuracy"))}
-                        for n, r in results.items()},
+                        for n, r in results.items() if n in VARIANTS}, probe_ceiling=ctx["probe"],
                   plan=ctx["plan"], table=str(out / "ablation.md"), wall_s=round(time.perf_counter() - t0, 1))
 
 

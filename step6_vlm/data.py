@@ -142,7 +142,7 @@ def qa_conversation(things, rng: random.Random, max_turns: int = 4, describe_p: 
     if rng.random() < describe_p:
         turns.insert(rng.randint(0, len(turns)), "describe")
     msgs = []
-    for qt in turns:
+    for qt in turns if any(t != "position" for t in turns) else turns + ["count"]:  # never an empty conversation
         qa = question(qt, things, rng, lang)
         if qa:
             msgs += [{"role": "user", "content": ("<image>\n" + qa[0]) if not msgs else qa[0]},

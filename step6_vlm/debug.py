@@ -177,6 +177,7 @@ def main():
     p.add_argument("--stage", default="pretrain", choices=("pretrain", "sft"), help="阶段 which freeze row and which data")
     p.add_argument("--image-tokens", default=None, choices=("all", "first", "mean"), help="图像token mode of a fresh model")
     p.add_argument("--projector", default="linear", choices=("linear", "mlp"), help="投影层 of a fresh model")
+    p.add_argument("--llm", default=None, help="起点语言模型 LLM of a fresh VLM (default runs/sft, else runs/pretrain)")
     p.add_argument("--image-loss", action="store_true", help="图像位置也算loss put the image positions in the loss (seed 000)")
     args = p.parse_args()
     seed_everything(args.seed)
@@ -196,14 +197,14 @@ def main():
             src = args.init
         else:  # a fresh VLM, as stage 1 starts: the course LLM + a new projection
             from step6_vlm.ablate import load_init_llm
-            gpt, tok, src = load_init_llm()
+            gpt, tok, src = load_init_llm(args.llm)
             enc = default_vision_encoder()
             vision, proc = load_vision_encoder(enc, dev)
             vc = vision.config
             cfg = VLMConfig(enc, vc.hidden_size, (vc.image_size // vc.patch_size) ** 2, vc.image_size, image_token_id(tok),
                             args.projector, args.image_tokens or "all")
             vlm, src = VLM(gpt, cfg).to(dev), f"fresh VLM: LLM {src}, encoder {enc}"
-        scenes = world_splits(args.batch_size, 0, 0, seed=args.seed).train
+        scenes = world_splits(8000, 400, 300, seed=args.seed).train[:args.batch_size]  # train.py's pictures: cached
         vision, proc = load_vision_encoder(vlm.config.vision_encoder, dev)
         feats, _ = world_features(vision, proc, scenes, vlm.config.vision_encoder, vlm.config.feature_layer, image_size(proc))
     ex = examples_for(vlm, tok, scenes, args.stage, args.seed, args.batch_size)

@@ -35,15 +35,20 @@ def collate(examples, pad_id: int) -> tuple:
     return x, y, torch.tensor([i for i, _, _ in examples])
 
 
-def batches(examples, batch_size: int, seed: int):
-    """Endless shuffled batches; each epoch a new order."""
-    rng, epoch = random.Random(seed), 0
+def batches(examples, batch_size: int, seed: int, pool: int = 32):
+    """Endless shuffled batches; each epoch a new order. Within pools of `pool` batches, examples of
+    similar length go together, so little compute is spent on padding."""
+    rng = random.Random(seed)
     while True:
         order = list(range(len(examples)))
         rng.shuffle(order)
-        for k in range(0, len(order) - batch_size + 1, batch_size):
-            yield [examples[j] for j in order[k:k + batch_size]]
-        epoch += 1
+        out = []
+        for p in range(0, len(order), pool * batch_size):
+            chunk = sorted(order[p:p + pool * batch_size], key=lambda j: len(examples[j][1]))
+            out += [chunk[k:k + batch_size] for k in range(0, len(chunk) - batch_size + 1, batch_size)]
+        rng.shuffle(out)
+        for b in out:
+            yield [examples[j] for j in b]
 
 
 @torch.no_grad()

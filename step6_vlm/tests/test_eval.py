@@ -179,3 +179,17 @@ def test_one_stage_row_skips_stage_one(tok):
     assert "pretrain_final_loss" not in one and "caption_accuracy" not in one and "sft_final_loss" in one
     assert "pretrain_final_loss" in two and "caption_accuracy" in two
     assert set(two["by_type"]) == {"color", "shape", "count", "position", "describe"}
+
+
+def test_probe_ceiling_sees_what_each_mode_passes_on():
+    from step6_vlm.ablate import probe_ceiling
+    from step6_vlm.data import world_splits
+    scenes = world_splits(300, 0, 0, seed=2).train
+    feats = torch.zeros(len(scenes), 9, 16)                              # (N, P, D): each patch = its cell's content
+    for n, sc in enumerate(scenes):
+        for t in sc:
+            feats[n, 3 * t.row + t.col, [c.en for c in COLORS].index(t.color.en)] = 1.0
+            feats[n, 3 * t.row + t.col, 8 + [s[1] for s in SHAPES].index(t.shape[1])] = 1.0
+    full, first, mean = (probe_ceiling(feats, scenes, 250, m, ridge=1e-3) for m in ("all", "first", "mean"))
+    assert full["color"] == full["shape"] == full["position"] == 1.0   # every cell readable
+    assert first["color"] < 0.5 and mean["position"] < 0.5               # one cell / no positions
