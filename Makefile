@@ -28,7 +28,8 @@ course: setup
 	  echo "==> $$name: python $$*"; $(PY) "$$@" 2>&1 | tee runs/course/$$name.log; \
 	  echo "$$name: $$(tail -n 1 runs/course/$$name.log)" >> runs/course/summary.txt; }; \
 	run step1 step1_tokenizer/train.py; \
-	run step2 step2_gpt/bench.py --quick --device $(DEVICE); \
+	run step1-bench step1_tokenizer/bench.py --quick; \
+	run step2 step2_gpt/bench.py --presets tiny --device $(DEVICE); \
 	run step3 step3_pretrain/train.py --device $(DEVICE); \
 	run step6 step6_vlm/train.py --device $(DEVICE); \
 	echo; echo "== the number each step shows =="; cat runs/course/summary.txt

@@ -1,7 +1,7 @@
 """Measured ablations of the image path (消融实验): each row changes ONE thing against the baseline, trains
 both stages briefly on cached frozen features, and scores held-out pictures per question type.
 
-    python ablate.py                       # every row (~30 min on a laptop CPU), writes runs/vlm_ablate/ablation.md
+    python ablate.py                       # every row, writes runs/vlm_ablate/ablation.md (a row: ~6 min on a 2-core CPU)
     python ablate.py --only first,mean     # some rows
     python ablate.py --quick               # seconds: tiny random model, shows the table's shape only
 
@@ -33,7 +33,8 @@ from step6_vlm.debug import with_image_loss
 from step6_vlm.loop import batches, caption_items, collate, encode, score
 from step6_vlm.model import VLM, VLMConfig, apply_freeze, image_token_id
 
-# Short runs: same learning rates as train.py, far fewer steps, so all rows fit in ~30 CPU minutes.
+# Short runs: same learning rates as train.py, far fewer steps (measured: 350–430 s a row on a shared 2-core CPU,
+# so ~50 min for all rows there; a 4+-core laptop is needed for ~30 min). Raise the steps for converged numbers.
 PLAN = {"pretrain": dict(steps=60, batch=16, lr=1e-3, proj_lr=2e-3), "sft": dict(steps=240, batch=16, lr=1e-3, proj_lr=1e-3)}
 QUICK_PLAN = {"pretrain": dict(steps=4, batch=8, lr=1e-3, proj_lr=2e-3), "sft": dict(steps=6, batch=8, lr=1e-3, proj_lr=1e-3)}
 
