@@ -112,9 +112,11 @@ def load_training_state(folder) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def check_vocab(ckpt: Checkpoint, tokenizer_vocab_size: int, tokenizer_name: str = "the tokenizer") -> None:
-    """Refuse a model whose embedding table was built for a different vocabulary."""
-    model_vocab = ckpt.model_config.get("vocab_size")
+def check_vocab(ckpt: Checkpoint, tokenizer_vocab_size: int, tokenizer_name: str = "the tokenizer",
+                model_vocab: int | None = None) -> None:
+    """Refuse a model whose embedding table was built for a different vocabulary. `model_vocab`: the
+    model's size when its config nests it (a VLM keeps it under "llm"); default: the config's vocab_size."""
+    model_vocab = ckpt.model_config.get("vocab_size") if model_vocab is None else model_vocab
     if model_vocab != tokenizer_vocab_size:
         raise CourseError(f"{ckpt.path} has a vocabulary of {model_vocab} tokens, but {tokenizer_name} has "
                           f"{tokenizer_vocab_size}: the checkpoint was trained with a different tokenizer")

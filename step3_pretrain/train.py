@@ -13,6 +13,7 @@ is "cut a batch → forward → loss → backward → clip → optimizer step �
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
 
+import argparse
 import contextlib
 import math
 import os
@@ -35,7 +36,7 @@ from step3_pretrain.model import batch_offsets, build_model, cut_batch, eval_off
 PROCESS_START = time.perf_counter()
 # Flags that define the run: on --resume, any you do not pass again are taken from the checkpoint.
 RUN_KEYS = ("size", "seq_len", "batch_size", "grad_accum", "lr", "warmup", "max_steps", "weight_decay", "eval_every",
-            "eval_windows", "data", "tokenizer", "world_mb", "seed", "n_layer", "n_head", "n_embd", "dropout", "min_lr_ratio")
+            "eval_windows", "data", "tokenizer", "world_mb", "seed", "n_layer", "n_head", "n_embd", "dropout", "min_lr_ratio", "qk_norm")
 
 
 def make_parser():
@@ -53,6 +54,8 @@ def make_parser():
     a("--n-layer", type=int, default=None, help="覆盖层数 override the preset's layer count")
     a("--n-head", type=int, default=None, help="覆盖头数 override the preset's head count")
     a("--n-embd", type=int, default=None, help="覆盖宽度 override the preset's width")
+    a("--qk-norm", action=argparse.BooleanOptionalAction, default=None,
+      help="QK 归一化 RMSNorm on queries and keys (the preset's choice; step 6 needs it on)")
     a("--dropout", type=float, default=None, help="dropout (0 for short runs: there is no overfitting to fight)")
     a("--world-mb", type=float, default=None, help="数据世界大小 size of the generated corpus in MB (4)")
     a("--cache-dir", default=None, help="token 缓存 where tokenized corpora are kept (runs/tokens)")
@@ -149,7 +152,7 @@ def train(args, t_start: float = PROCESS_START):
     say(f"data: {what}\n      {data}, vocab {tok.vocab_size}, tokenizer {type(tok).__name__} {fingerprint}")
 
     # --- model (fresh, from --init, or from the checkpoint we resume) and optimizer
-    overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "dropout") if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "dropout", "qk_norm") if getattr(args, k) is not None}
     start = args.out if args.resume else args.init
     if start:
         ckpt = load_checkpoint(start, expect_steps=("pretrain",) if args.resume else None, hint="python step3_pretrain/train.py")

@@ -7,8 +7,9 @@
     python debug.py --quick                # tiny random model, no runs/ needed (seconds)
 
 Prints: where the image tokens sit, placeholders vs features, feature norms before/after the projection
-(next to the word embeddings' norm), the projection's gradient norm after one step, and the loss mask
-token by token.
+(next to the word embeddings' norm), the projection's gradient norm after one step, the loss mask token by
+token, and (6) whether the answer position looks at the patch a question asks about — the check that tells
+"the model reads the picture as a whole" (count right, colour/shape/position guessed) from "it finds the cell".
 """
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
@@ -113,6 +114,57 @@ def debug_batch(vlm: VLM, tok, examples, feats: torch.Tensor, stage: str = "pret
     return figures
 
 
+def last_query_attention(attn, h: torch.Tensor, cos, sin) -> torch.Tensor:
+    """Attention probabilities (H, T) of the LAST position of one sequence, for one attention module given its
+    normalized input h (1, T, C). The same arithmetic as step 2's CausalSelfAttention, written out because
+    SDPA does not return its probabilities."""
+    from step2_gpt.model import apply_rope
+    T = h.shape[1]
+    q, k, _ = attn.qkv(h).split([attn.n_head * attn.hd, attn.n_kv_head * attn.hd, attn.n_kv_head * attn.hd], -1)
+    q = q.view(1, T, attn.n_head, attn.hd).transpose(1, 2)                 # (1, H, T, hd)
+    k = k.view(1, T, attn.n_kv_head, attn.hd).transpose(1, 2)              # (1, Hkv, T, hd)
+    if attn.q_norm is not None:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    k = k.repeat_interleave(attn.n_head // attn.n_kv_head, dim=1)          # (1, H, T, hd)
+    return ((q[0, :, -1:] @ k[0].transpose(-1, -2)) / attn.hd ** 0.5).softmax(-1)[:, 0]  # (H, T)
+
+
+@torch.no_grad()
+def asked_cell_attention(vlm: VLM, tok, scenes, feats: torch.Tensor, seed: int = 0, device="cpu") -> dict:
+    """For a colour or shape question about one thing ("What color is the shape at the top left?"), how much
+    of the answer position's attention lands on that thing's patch? Per layer, the best head's share of all
+    attention and of the attention on image tokens (chance: 1 of the P patches). Needs all-patch image tokens."""
+    from step6_vlm.data import question
+    from step6_vlm.train_clip import cell_patch_index
+    from step6_vlm.model import build_example
+    rng = random.Random(seed)
+    L, H, P = vlm.llm.config.n_layer, vlm.llm.config.n_head, vlm.config.n_patches
+    on_cell, on_image = torch.zeros(L, H), torch.zeros(L, H)
+    vlm.eval()
+    for i, s in enumerate(scenes):
+        t = rng.choice(s)
+        q, _ = question(rng.choice(["color", "shape"]), s, rng, rng.choice(["zh", "en"]), target=t)
+        ids, _ = build_example(vlm, tok, [{"role": "user", "content": "<image>\n" + q}], add_generation_prompt=True)
+        x = torch.tensor([ids], device=device)
+        h = vlm.splice(x, vlm.image_embeds(feats[i:i + 1].to(device)))       # (1, T, C)
+        start = ids.index(vlm.config.image_token_id)
+        cell = start + cell_patch_index(P)[t.row * 3 + t.col]
+        cos, sin = vlm.llm.rope_cos[:h.shape[1]], vlm.llm.rope_sin[:h.shape[1]]
+        for layer, block in enumerate(vlm.llm.blocks):
+            p = last_query_attention(block.attn, block.attn_norm(h), cos, sin)  # (H, T)
+            on_cell[layer] += p[:, cell].cpu()
+            on_image[layer] += p[:, start:start + P].sum(-1).cpu()
+            h = block(h, cos, sin)
+    on_cell, on_image = on_cell / len(scenes), on_image / len(scenes)
+    best = on_cell.argmax(1)                                                   # (L,) the head that looks most
+    return {"questions": len(scenes), "chance_share_of_image": round(1 / P, 4),
+            "per_layer": [{"layer": l, "head": int(best[l]), "on_cell": round(float(on_cell[l, best[l]]), 4),
+                           "on_image": round(float(on_image[l, best[l]]), 4),
+                           "share_of_image": round(float(on_cell[l, best[l]] / on_image[l, best[l]].clamp_min(1e-9)), 4)}
+                          for l in range(L)]}
+
+
 def report(fig: dict) -> str:
     """The figures as a student reads them, with what each one says."""
     ok = lambda good: "OK " if good else "!! "  # noqa: E731
@@ -133,6 +185,14 @@ def report(fig: dict) -> str:
         "5. loss mask over sequence 0 (✓ = this position's next-token prediction is in the loss):",
         *("   " + ln for ln in fig["loss_mask_seq0"]),
     ]
+    look = fig.get("asked_cell_attention")
+    if look:
+        lines.append(f"6. where the answer position looks, {look['questions']} colour/shape questions about one cell "
+                     f"(chance: {look['chance_share_of_image']:.0%} of the image attention on the asked patch):")
+        for r in look["per_layer"]:
+            good = r["share_of_image"] > 3 * look["chance_share_of_image"] and r["on_image"] > 0.2
+            lines.append(f"   {ok(good)}layer {r['layer']} head {r['head']}: {r['on_cell']:.0%} of its attention on the asked "
+                         f"patch, {r['on_image']:.0%} on the image ({r['share_of_image']:.0%} of that on the asked patch)")
     return "\n".join(lines)
 
 
@@ -204,13 +264,17 @@ def main():
             cfg = VLMConfig(enc, vc.hidden_size, (vc.image_size // vc.patch_size) ** 2, vc.image_size, image_token_id(tok),
                             args.projector, args.image_tokens or "all")
             vlm, src = VLM(gpt, cfg).to(dev), f"fresh VLM: LLM {src}, encoder {enc}"
-        scenes = world_splits(8000, 400, 300, seed=args.seed).train[:args.batch_size]  # train.py's pictures: cached
+        scenes = world_splits(8000, 400, 300, seed=args.seed).train[:max(args.batch_size, 64)]  # train.py's pictures: cached; 64 for check 6
         vision, proc = load_vision_encoder(vlm.config.vision_encoder, dev)
         feats, _ = world_features(vision, proc, scenes, vlm.config.vision_encoder, vlm.config.feature_layer, image_size(proc))
     ex = examples_for(vlm, tok, scenes, args.stage, args.seed, args.batch_size)
     if args.image_loss:
         ex = with_image_loss(ex, vlm.config.image_token_id)
+    if vlm.config.image_tokens == "all":  # before debug_batch's training step changes the model
+        look = asked_cell_attention(vlm, tok, scenes, feats, args.seed, dev)
     fig = debug_batch(vlm, tok, ex, feats, args.stage, args.lr, device=dev)
+    if vlm.config.image_tokens == "all":
+        fig["asked_cell_attention"] = look
     print(f"== image path check on one batch of {len(ex)} ({args.stage} data), model: {src}\n", file=sys.stderr)
     print(report(fig), file=sys.stderr)
     print_summary(**{k: v for k, v in fig.items() if k != "loss_mask_seq0"})

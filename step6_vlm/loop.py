@@ -4,6 +4,8 @@ import random
 
 import torch
 
+from common.errors import CourseError
+
 from step6_vlm.data import CAPTION_PROMPTS, RENDER_VERSION, caption_messages, render_scene, scene_key
 from step6_vlm.model import VLM, build_example
 from step6_vlm.vision import cached_features, encoder_key
@@ -17,6 +19,24 @@ def world_features(vision, processor, scenes, vision_encoder: str, feature_layer
     kw = {"cache_root": cache_root} if cache_root else {}
     return cached_features(vision, processor, keys, lambda k: render_scene(by_key[k], size),
                            encoder_key(vision_encoder, feature_layer), feature_layer, use_cache=use_cache, **kw)
+
+
+def oracle_features(scenes, dim: int) -> torch.Tensor:
+    """(N, 9, dim) "perfect encoder" features for debugging: patch k holds a one-hot of its cell k and, if the
+    cell is occupied, one-hots of the thing's colour, shape and size. Every fact a question needs is there
+    and linearly readable, so a VLM that still cannot answer has its problem on the LLM side, not the encoder's."""
+    from common.world import COLORS, SHAPES, SIZES
+    widths = [9, len(COLORS), len(SHAPES), len(SIZES), 1]
+    if dim < sum(widths):
+        raise CourseError(f"oracle features need at least {sum(widths)} dimensions, the encoder gives {dim}")
+    feats = torch.zeros(len(scenes), 9, dim)
+    feats[:, :, :9] = torch.eye(9)
+    c0, s0, z0 = 9, 9 + len(COLORS), 9 + len(COLORS) + len(SHAPES)
+    for i, things in enumerate(scenes):
+        for t in things:
+            k = t.row * 3 + t.col
+            feats[i, k, [c0 + COLORS.index(t.color), s0 + SHAPES.index(t.shape), z0 + SIZES.index(t.size), z0 + len(SIZES)]] = 1.0
+    return feats
 
 
 def encode(vlm: VLM, tokenizer, convs) -> list:

@@ -209,8 +209,7 @@ def load_vlm(path, device="cpu", with_vision: bool = True, vision_encoder: str |
     from step1_tokenizer.model import Tokenizer
     ckpt = load_checkpoint(path, expect_steps=("vlm_pretrain", "vlm_sft"), hint="python step6_vlm/train.py")
     tok = Tokenizer.load(ckpt.path)
-    from dataclasses import replace  # the vocabulary size is in the LLM's part of the VLM config
-    check_vocab(replace(ckpt, model_config=ckpt.model_config.get("llm", {})), tok.vocab_size)
+    check_vocab(ckpt, tok.vocab_size, model_vocab=ckpt.model_config.get("llm", {}).get("vocab_size"))
     cfg = VLMConfig.from_dict(ckpt.model_config["vlm"])
     if vision_encoder:
         cfg.vision_encoder = vision_encoder

@@ -13,7 +13,6 @@ import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
 
 import random
-import shutil
 import time
 
 import torch
@@ -26,7 +25,7 @@ from common.training import RunLogger, lr_at, print_summary
 from step2_gpt.model import GPT, GPTConfig, load_gpt
 from step6_vlm.data import (caption_messages, eval_items, image_key, load_image, load_real_data, qa_conversation,
                             world_splits)
-from step6_vlm.loop import batches, caption_items, collate, encode, score, world_features
+from step6_vlm.loop import batches, caption_items, collate, encode, oracle_features, score, world_features
 from step6_vlm.model import (DEFAULT_LAST_N, DEFAULT_STAGE1_LLM, STAGE1_LLM_CHOICES, VLM, VLMConfig, apply_freeze,
                              image_token_id, load_vlm, save_vlm)
 from step6_vlm.vision import (CLIP_DIR, cached_features, default_vision_encoder, encoder_key, image_size,
@@ -54,6 +53,7 @@ def parse():
     a("--images", type=int, default=8000, help="训练图像数 training pictures of the data world")
     a("--eval-images", type=int, default=400, help="评估图像数 held-out pictures (and 300 held-out combinations)")
     a("--cache-dir", default=None, help="特征缓存目录 where frozen features are cached (default runs/feature_cache)")
+    a("--oracle-features", action="store_true", help="调试：完美特征 replace the encoder's features by one-hot facts per cell (is the LLM the bottleneck?)")
     a("--no-cache", action="store_true", help="不用特征缓存 run the frozen encoder on every step (slow; for the bench)")
     return p.parse_args()
 
@@ -109,8 +109,7 @@ def train_stage(stage, vlm, tok, train_ex, feats, args, out, dev, dtype, evaluat
     if llm_params:
         groups.append({"params": llm_params, "base": lr})
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
-    log_dir = out.parent / f".{out.name}.log"  # the checkpoint folder is replaced atomically at the end
-    log = RunLogger(log_dir, steps, desc=f"stage {stage}")
+    log = RunLogger(out, steps, desc=f"stage {stage}")  # the checkpoint saved at the end keeps these logs
     it = batches(train_ex, bs, args.seed)
     t0 = time.perf_counter()
     for step in range(steps):
@@ -134,9 +133,6 @@ def train_stage(stage, vlm, tok, train_ex, feats, args, out, dev, dtype, evaluat
     log.eval(steps, **{k: v for k, v in metrics.items() if not isinstance(v, dict)})
     log.close()
     save_vlm(out, vlm, tok, f"vlm_{stage}", train_args=vars(args) | {"pixels": None}, metrics=metrics)
-    for f in log_dir.iterdir():  # metrics.jsonl and loss_curve.png join the checkpoint
-        shutil.move(str(f), str(out / f.name))
-    log_dir.rmdir()
     return metrics
 
 
@@ -165,6 +161,11 @@ def main():
                                   use_cache=not args.no_cache, cache_root=args.cache_dir)
     print(f"features {tuple(feats.shape)} from {enc_name} ({n_enc} pictures encoded, the rest from the cache)", file=sys.stderr)
     test_off, combo_off = n_train, n_train + n_test
+    if args.oracle_features:
+        if args.data or args.no_cache:
+            raise CourseError("--oracle-features describes data-world pictures only; leave out --data and --no-cache")
+        feats = oracle_features(sp.train + sp.test + sp.combo, feats.shape[-1])
+        print("--oracle-features: each patch holds its cell's facts as one-hots (debugging: is the LLM the bottleneck?)", file=sys.stderr)
     real = load_real_data(args.data) if args.data else None
     if real:  # real images go through the same cache, keyed by file content, after the world's pictures
         keys = [image_key(r["image"]) for r in real]

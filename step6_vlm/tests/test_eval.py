@@ -8,7 +8,8 @@ import torch
 from common.errors import CourseError
 from common.world import COLORS, SHAPES, SIZES, Thing
 from step6_vlm.ablate import VARIANTS, build_variant, run_variant, train_stage
-from step6_vlm.debug import debug_batch, examples_for, loss_mask_lines, with_image_loss
+from step6_vlm.debug import (asked_cell_attention, debug_batch, examples_for, last_query_attention,
+                             loss_mask_lines, with_image_loss)
 from step6_vlm.eval import accuracy_by_type, check_answer, generate_answers, hallucination_stats, mentions, write_eval_md
 from step6_vlm.loop import caption_items, collate
 from step6_vlm.tests.conftest import make_vlm
@@ -115,6 +116,34 @@ def test_loss_mask_is_printed_token_by_token(tok):
     assert len(lines) == 1 + (x.shape[1] - 8)                            # header + tokens, the image block on one line
 
 
+@pytest.mark.parametrize("qk_norm,n_kv_head", [(False, 4), (True, 2)])
+def test_written_out_attention_matches_the_model(qk_norm, n_kv_head):
+    """Check 6 recomputes attention probabilities by hand; they must give the module's own output."""
+    from step2_gpt.model import GPT, GPTConfig
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(vocab_size=50, block_size=32, n_layer=1, n_head=4, n_kv_head=n_kv_head, n_embd=32, qk_norm=qk_norm))
+    attn, h = gpt.blocks[0].attn, torch.randn(1, 11, 32)
+    cos, sin = gpt.rope_cos[:11], gpt.rope_sin[:11]
+    p = last_query_attention(attn, h, cos, sin)                                   # (H, T)
+    assert p.shape == (4, 11) and torch.allclose(p.sum(-1), torch.ones(4))
+    v = attn.qkv(h)[..., -n_kv_head * attn.hd:].view(11, n_kv_head, attn.hd).transpose(0, 1)   # (Hkv, T, hd)
+    v = v.repeat_interleave(4 // n_kv_head, dim=0)                                # (H, T, hd)
+    by_hand = attn.proj((p[:, None] @ v).reshape(1, -1))                          # (1, C)
+    assert torch.allclose(by_hand, attn(h, cos, sin)[0, -1:], atol=1e-5)
+
+
+def test_asked_cell_attention_figures(tok):
+    from step6_vlm.data import world_splits
+    torch.manual_seed(0)
+    vlm = make_vlm(tok)
+    scenes = world_splits(6, 0, 0, seed=2).train
+    look = asked_cell_attention(vlm, tok, scenes, torch.randn(6, 9, 32))
+    assert look["questions"] == 6 and look["chance_share_of_image"] == round(1 / 9, 4)
+    assert len(look["per_layer"]) == 2
+    for r in look["per_layer"]:
+        assert 0 <= r["on_cell"] <= r["on_image"] <= 1 and 0 <= r["share_of_image"] <= 1
+
+
 # ---------------------------------------------------------------------------------------------- ablation switches
 
 def test_image_token_switches_change_what_the_llm_sees(tok):
@@ -193,3 +222,29 @@ def test_probe_ceiling_sees_what_each_mode_passes_on():
     full, first, mean = (probe_ceiling(feats, scenes, 250, m, ridge=1e-3) for m in ("all", "first", "mean"))
     assert full["color"] == full["shape"] == full["position"] == 1.0   # every cell readable
     assert first["color"] < 0.5 and mean["position"] < 0.5               # one cell / no positions
+
+
+def test_lookup_batches_ask_an_occupied_cell_and_answer_its_colour():
+    from step6_vlm.lookup import CELLS, COLORS, make_batch
+    g = torch.Generator().manual_seed(0)
+    feats, text, answer = make_batch(g, 64, filler=3, tail=2)
+    assert feats.shape == (64, CELLS, CELLS + COLORS + 1) and text.shape == (64, 3 + 1 + 2)
+    asked = text[:, 3]                                                   # the cell word: ids 0–8
+    rows = torch.arange(64)
+    assert bool(feats[rows, asked, -1].all())                            # the asked cell holds a shape
+    assert torch.equal(feats[rows, asked, CELLS:CELLS + COLORS].argmax(-1) + 10, answer)   # its colour is the answer
+    assert torch.equal(feats[:, :, :CELLS], torch.eye(CELLS).expand(64, -1, -1))           # each token knows its cell
+    assert bool((text[:, -2:] == torch.tensor([40, 41])).all())          # the fixed tail
+
+
+def test_oracle_features_hold_each_cells_facts():
+    from step6_vlm.loop import oracle_features
+    t = Thing(COLORS[2], SHAPES[4], SIZES[1], row=1, col=2)
+    f = oracle_features([[t]], 32)                                           # (1, 9, 32)
+    assert f.shape == (1, 9, 32) and torch.equal(f[0, :, :9], torch.eye(9))
+    k = 1 * 3 + 2
+    on = set(torch.nonzero(f[0, k, 9:]).flatten().tolist())
+    assert on == {2, len(COLORS) + 4, len(COLORS) + len(SHAPES) + 1, len(COLORS) + len(SHAPES) + len(SIZES)}
+    assert f[0, [j for j in range(9) if j != k], 9:].sum() == 0              # empty cells say only where they are
+    with pytest.raises(CourseError):
+        oracle_features([[t]], 16)
