@@ -145,8 +145,16 @@ def linear_probe(train_feats, train_scenes, test_feats, test_scenes, steps: int 
     ytr, yte = cell_labels(train_scenes).reshape(-1, 3), cell_labels(test_scenes).reshape(-1, 3)
     out = {}
     names = ["color", "shape", "size"]
-    for j, name in enumerate(["position"] + names):
-        ya, yb = ((ytr[:, 0] > 0).long(), (yte[:, 0] > 0).long()) if name == "position" else (ytr[:, j - 1], yte[:, j - 1])
+    # "position" = is this cell occupied; "cell" = which of the 9 cells an OCCUPIED patch is (what a question like
+    # "what color is at the top left?" must find by content): a patch whose content drowns its position embedding fails it.
+    cell_tr, cell_te = torch.arange(9).repeat(len(train_scenes)) + 1, torch.arange(9).repeat(len(test_scenes)) + 1
+    for j, name in enumerate(["position"] + names + ["cell"]):
+        if name == "position":
+            ya, yb = (ytr[:, 0] > 0).long(), (yte[:, 0] > 0).long()
+        elif name == "cell":
+            ya, yb = cell_tr * (ytr[:, 0] > 0), cell_te * (yte[:, 0] > 0)
+        else:
+            ya, yb = ytr[:, j - 1], yte[:, j - 1]
         keep_a, keep_b = (slice(None), slice(None)) if name == "position" else (ya > 0, yb > 0)  # attributes: occupied cells
         w = torch.zeros(xtr.shape[1], int(max(ya.max(), yb.max())) + 1, requires_grad=True)
         b = torch.zeros(w.shape[1], requires_grad=True)
