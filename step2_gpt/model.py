@@ -158,7 +158,9 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
+    def project(self, x, cos, sin):
+        """x (B, T, C) → q (B, H, T, hd), k and v (B, Hkv, T, hd): normalized (qk_norm) and rotated (RoPE).
+        Separate from forward so tools can recompute attention weights, which SDPA does not return."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split([self.n_head * self.hd, self.n_kv_head * self.hd, self.n_kv_head * self.hd], -1)
         q = q.view(B, T, self.n_head, self.hd).transpose(1, 2)     # (B, H, T, hd)
@@ -167,6 +169,11 @@ class CausalSelfAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)                  # (B, H, T, hd), (B, Hkv, T, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)    # positions enter here, and only here
+        return q, k, v
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.shape
+        q, k, v = self.project(x, cos, sin)                        # (B, H, T, hd), (B, Hkv, T, hd) ×2
         start = 0
         if cache is not None:
             start = cache.pos

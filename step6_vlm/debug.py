@@ -116,16 +116,8 @@ def debug_batch(vlm: VLM, tok, examples, feats: torch.Tensor, stage: str = "pret
 
 def last_query_attention(attn, h: torch.Tensor, cos, sin) -> torch.Tensor:
     """Attention probabilities (H, T) of the LAST position of one sequence, for one attention module given its
-    normalized input h (1, T, C). The same arithmetic as step 2's CausalSelfAttention, written out because
-    SDPA does not return its probabilities."""
-    from step2_gpt.model import apply_rope
-    T = h.shape[1]
-    q, k, _ = attn.qkv(h).split([attn.n_head * attn.hd, attn.n_kv_head * attn.hd, attn.n_kv_head * attn.hd], -1)
-    q = q.view(1, T, attn.n_head, attn.hd).transpose(1, 2)                 # (1, H, T, hd)
-    k = k.view(1, T, attn.n_kv_head, attn.hd).transpose(1, 2)              # (1, Hkv, T, hd)
-    if attn.q_norm is not None:
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    normalized input h (1, T, C): step 2's own q and k (attn.project), the softmax that SDPA keeps to itself."""
+    q, k, _ = attn.project(h, cos, sin)                                    # (1, H, T, hd), (1, Hkv, T, hd)
     k = k.repeat_interleave(attn.n_head // attn.n_kv_head, dim=1)          # (1, H, T, hd)
     return ((q[0, :, -1:] @ k[0].transpose(-1, -2)) / attn.hd ** 0.5).softmax(-1)[:, 0]  # (H, T)
 
