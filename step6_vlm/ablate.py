@@ -22,13 +22,14 @@ import time
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 
 from common import RUNS_DIR
 from common.cli import course_parser, run
 from common.device import pick_device, seed_everything
 from common.errors import CourseError
 from common.training import lr_at, print_summary
-from step6_vlm.data import caption_messages, eval_items, qa_conversation, world_splits
+from step6_vlm.data import caption_messages, cell_labels, eval_items, qa_conversation, world_splits
 from step6_vlm.debug import with_image_loss
 from step6_vlm.loop import batches, caption_items, collate, encode, score
 from step6_vlm.model import VLM, VLMConfig, apply_freeze, image_token_id
@@ -144,24 +145,17 @@ def probe_ceiling(feats: torch.Tensor, scenes, n_train: int, mode: str, ridge: f
     f = {"first": feats[:, :1], "mean": feats.mean(1, keepdim=True), "all": feats}[mode].flatten(1)  # (N, n·D)
     x = torch.cat([f, torch.ones(len(f), 1)], 1).double()                                           # (N, n·D+1)
     from common.world import COLORS, SHAPES
-    cols, shps = [c.en for c in COLORS], [s[1] for s in SHAPES]
-    def onehots(scene):  # 9 cells × (colour or empty), 9 cells × (shape or empty), count 1–4
-        c, s = torch.zeros(9, len(cols) + 1), torch.zeros(9, len(shps) + 1)
-        c[:, -1], s[:, -1] = 1, 1
-        for t in scene:
-            k = 3 * t.row + t.col
-            c[k, -1], s[k, -1] = 0, 0
-            c[k, cols.index(t.color.en)], s[k, shps.index(t.shape[1])] = 1, 1
-        n = torch.zeros(4); n[len(scene) - 1] = 1
-        return torch.cat([c.flatten(), s.flatten(), n])
-    y = torch.stack([onehots(sc) for sc in scenes]).double()                                        # (N, 9·9+9·7+4)
+    nc, ns = len(COLORS) + 1, len(SHAPES) + 1                                                       # class 0 = empty cell
+    lab = cell_labels(scenes)                                                                       # (N, 9, 3)
+    n_things = (lab[..., 0] > 0).sum(1) - 1                                                         # (N,) 0–3 for 1–4 things
+    y = torch.cat([F.one_hot(lab[..., 0], nc).flatten(1), F.one_hot(lab[..., 1], ns).flatten(1),
+                   F.one_hot(n_things, 4)], 1).double()                                                # (N, 9·9+9·7+4)
     a, b = x[:n_train], y[:n_train]
     w = torch.linalg.solve(a.T @ a + ridge * torch.eye(a.shape[1], dtype=a.dtype), a.T @ b)          # (n·D+1, K)
     pred, true = x[n_train:] @ w, y[n_train:]
-    nc, ns = len(cols) + 1, len(shps) + 1
     pc = pred[:, :9 * nc].reshape(-1, 9, nc).argmax(-1); tc = true[:, :9 * nc].reshape(-1, 9, nc).argmax(-1)
     ps = pred[:, 9 * nc:9 * (nc + ns)].reshape(-1, 9, ns).argmax(-1); ts = true[:, 9 * nc:9 * (nc + ns)].reshape(-1, 9, ns).argmax(-1)
-    occ = tc != nc - 1                                                                              # (M, 9) cells with a thing
+    occ = tc != 0                                                                                   # (M, 9) cells with a thing
     count = (pred[:, -4:].argmax(-1) == true[:, -4:].argmax(-1)).double().mean()
     return {"color": round(float((pc == tc)[occ].double().mean()), 4), "shape": round(float((ps == ts)[occ].double().mean()), 4),
             "count": round(float(count), 4), "position": round(float(((pc == tc) & (ps == ts))[occ].double().mean()), 4)}

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from common.errors import CourseError
@@ -148,6 +149,16 @@ def qa_conversation(things, rng: random.Random, max_turns: int = 4, describe_p: 
             msgs += [{"role": "user", "content": ("<image>\n" + qa[0]) if not msgs else qa[0]},
                      {"role": "assistant", "content": qa[1]}]
     return msgs
+
+
+def cell_labels(scenes) -> torch.Tensor:
+    """(N, 9, 3) per scene and grid cell (row-major): colour, shape, size class ids, 1-based; 0 = empty cell."""
+    lab = torch.zeros(len(scenes), 9, 3, dtype=torch.long)
+    for i, s in enumerate(scenes):
+        for t in s:
+            lab[i, t.row * 3 + t.col] = torch.tensor([COLORS.index(t.color) + 1, SHAPES.index(t.shape) + 1,
+                                                      SIZES.index(t.size) + 1])
+    return lab
 
 
 # ----------------------------------------------------------------------------------------------------

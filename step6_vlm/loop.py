@@ -6,7 +6,7 @@ import torch
 
 from common.errors import CourseError
 
-from step6_vlm.data import CAPTION_PROMPTS, RENDER_VERSION, caption_messages, render_scene, scene_key
+from step6_vlm.data import CAPTION_PROMPTS, RENDER_VERSION, caption_messages, cell_labels, render_scene, scene_key
 from step6_vlm.model import VLM, build_example
 from step6_vlm.vision import cached_features, encoder_key
 
@@ -29,13 +29,15 @@ def oracle_features(scenes, dim: int) -> torch.Tensor:
     widths = [9, len(COLORS), len(SHAPES), len(SIZES), 1]
     if dim < sum(widths):
         raise CourseError(f"oracle features need at least {sum(widths)} dimensions, the encoder gives {dim}")
+    lab = cell_labels(scenes)                                     # (N, 9, 3): 1-based class ids, 0 = empty
     feats = torch.zeros(len(scenes), 9, dim)
     feats[:, :, :9] = torch.eye(9)
-    c0, s0, z0 = 9, 9 + len(COLORS), 9 + len(COLORS) + len(SHAPES)
-    for i, things in enumerate(scenes):
-        for t in things:
-            k = t.row * 3 + t.col
-            feats[i, k, [c0 + COLORS.index(t.color), s0 + SHAPES.index(t.shape), z0 + SIZES.index(t.size), z0 + len(SIZES)]] = 1.0
+    i, k = (lab[..., 0] > 0).nonzero(as_tuple=True)              # the occupied (scene, cell) pairs
+    offset = 9
+    for j, width in enumerate(widths[1:4]):                       # colour, shape, size one-hots side by side
+        feats[i, k, offset + lab[i, k, j] - 1] = 1.0
+        offset += width
+    feats[i, k, offset] = 1.0                                     # occupied
     return feats
 
 

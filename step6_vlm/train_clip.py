@@ -26,7 +26,7 @@ from common.device import pick_device, seed_everything
 from common.errors import CourseError
 from common.training import RunLogger, lr_at, print_summary
 from common.world import COLORS, SHAPES, SIZES, describe_scene, random_scene
-from step6_vlm.data import CELL, IMAGE_SIZE, allowed_in_training, render_scene, scene_key, world_splits
+from step6_vlm.data import CELL, IMAGE_SIZE, allowed_in_training, cell_labels, render_scene, scene_key, world_splits
 from step6_vlm.vision import CLIP_DIR, patch_features, preprocess
 
 WORD = re.compile(r"\w+|[^\w\s]")
@@ -119,16 +119,6 @@ def retrieval_accuracy(model, pixel_values, ids, mask, device) -> float:
     return (img @ txt.T).argmax(-1).eq(torch.arange(len(img), device=device)).float().mean().item()
 
 
-def cell_labels(scenes):
-    """Per scene and grid cell: (color, shape, size) class ids; 0 = empty cell."""
-    lab = torch.zeros(len(scenes), 9, 3, dtype=torch.long)
-    for i, s in enumerate(scenes):
-        for t in s:
-            lab[i, t.row * 3 + t.col] = torch.tensor([COLORS.index(t.color) + 1, SHAPES.index(t.shape) + 1,
-                                                      SIZES.index(t.size) + 1])
-    return lab
-
-
 def cell_patch_index(n_patches: int) -> list:
     """For each of the 9 grid cells, the patch that holds the cell's centre (the cell's own patch on a 3×3 grid)."""
     g = int(round(n_patches ** 0.5))
@@ -136,8 +126,9 @@ def cell_patch_index(n_patches: int) -> list:
 
 
 def linear_probe(train_feats, train_scenes, test_feats, test_scenes, steps: int = 300, extra=None) -> dict:
-    """Can a linear map read each cell's occupancy (= position), colour, shape and size from the frozen
-    patch features? If not, no projection (which is linear by default) can hand them to the LLM."""
+    """Can a linear map read each cell's occupancy (= position), colour, shape and size — and, for an occupied
+    cell, which cell it is — from the frozen patch features? If not, no projection (which is linear by default)
+    can hand them to the LLM."""
     idx = cell_patch_index(train_feats.shape[1])
     xtr, xte = train_feats[:, idx].reshape(-1, train_feats.shape[-1]), test_feats[:, idx].reshape(-1, test_feats.shape[-1])
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
