@@ -145,6 +145,8 @@ def main():
     dev = pick_device(args.device)
     dtype = pick_dtype(args.dtype, dev)
     stages = stage_list(args)
+    if args.oracle_features and (args.data or args.no_cache):
+        raise CourseError("--oracle-features describes data-world pictures only; leave out --data and --no-cache")
     n_train, n_test, n_combo = (300, 40, 30) if args.quick else (args.images, args.eval_images, 300)
     sp = world_splits(n_train, n_test, n_combo, seed=args.seed)
     summary = {"stages_run": stages}
@@ -157,15 +159,14 @@ def main():
     enc_name = args.vision_encoder or (str(pathlib.Path(args.out) / "clip") if args.out and "clip" in stages else default_vision_encoder())
     vision, proc = load_vision_encoder(enc_name, dev)
     size = image_size(proc)
-    feats, n_enc = world_features(vision, proc, sp.train + sp.test + sp.combo, enc_name, args.feature_layer, size,
-                                  use_cache=not args.no_cache, cache_root=args.cache_dir)
-    print(f"features {tuple(feats.shape)} from {enc_name} ({n_enc} pictures encoded, the rest from the cache)", file=sys.stderr)
-    test_off, combo_off = n_train, n_train + n_test
-    if args.oracle_features:
-        if args.data or args.no_cache:
-            raise CourseError("--oracle-features describes data-world pictures only; leave out --data and --no-cache")
-        feats = oracle_features(sp.train + sp.test + sp.combo, feats.shape[-1])
+    if args.oracle_features:  # the encoder is not run: only its width is kept, so the projection has its usual shape
+        feats = oracle_features(sp.train + sp.test + sp.combo, vision.config.hidden_size)
         print("--oracle-features: each patch holds its cell's facts as one-hots (debugging: is the LLM the bottleneck?)", file=sys.stderr)
+    else:
+        feats, n_enc = world_features(vision, proc, sp.train + sp.test + sp.combo, enc_name, args.feature_layer, size,
+                                      use_cache=not args.no_cache, cache_root=args.cache_dir)
+        print(f"features {tuple(feats.shape)} from {enc_name} ({n_enc} pictures encoded, the rest from the cache)", file=sys.stderr)
+    test_off, combo_off = n_train, n_train + n_test
     real = load_real_data(args.data) if args.data else None
     if real:  # real images go through the same cache, keyed by file content, after the world's pictures
         keys = [image_key(r["image"]) for r in real]
