@@ -33,6 +33,7 @@ from step6_vlm.data import caption_messages, cell_labels, eval_items, qa_convers
 from step6_vlm.debug import with_image_loss
 from step6_vlm.loop import batches, caption_items, collate, encode, score
 from step6_vlm.model import VLM, VLMConfig, apply_freeze, image_token_id
+from step6_vlm.train import init_llm
 
 # Short runs: same learning rates as train.py, far fewer steps (measured: 350–430 s a row on a shared 2-core CPU,
 # so ~50 min for all rows there; a 4+-core laptop is needed for ~30 min). Raise the steps for converged numbers.
@@ -57,20 +58,6 @@ GROUPS = {"1 image tokens": ["baseline", "first", "mean"], "2 loss on image posi
           "3 stage-1 freeze": ["stage1_frozen", "baseline", "stage1_all", "one_stage"], "4 projection": ["baseline", "mlp"]}
 BASELINE_LABEL = {"1 image tokens": "all patches (LLaVA, baseline)", "2 loss on image positions": "answer tokens only (baseline)",
                   "3 stage-1 freeze": "stage 1: projection + last 2 layers (baseline)", "4 projection": "linear, no bias (baseline)"}
-
-
-def load_init_llm(init=None):
-    """The LLM every VLM starts from, as train.py: --init, else runs/sft if it exists, else runs/pretrain."""
-    from step2_gpt.model import load_gpt
-    if init:
-        gpt, tok, ckpt = load_gpt(init, expect_steps=("pretrain", "sft", "rlhf", "gpt"))
-        return gpt, tok, str(ckpt.path)
-    for path in (RUNS_DIR / "sft", RUNS_DIR / "pretrain"):
-        if (path / "config.json").is_file():
-            gpt, tok, ckpt = load_gpt(path, expect_steps=("pretrain", "sft", "rlhf", "gpt"))
-            return gpt, tok, str(ckpt.path)
-    raise CourseError("no language model to start from (runs/sft or runs/pretrain); make one with: "
-                      "python step3_pretrain/train.py  (or pass --quick for a smoke run)")
 
 
 def build_variant(gpt, cfg: VLMConfig, overrides: dict) -> VLM:
@@ -211,7 +198,7 @@ def setup(args, dev) -> dict:
     else:
         from step6_vlm.loop import world_features
         from step6_vlm.vision import default_vision_encoder, image_size, load_vision_encoder
-        gpt, tok, src = load_init_llm(args.init)
+        gpt, tok, src = init_llm(args.init)
         enc = args.vision_encoder or default_vision_encoder()
         vision, proc = load_vision_encoder(enc, dev)
         n_train, n_test, n_combo, plan = args.images, args.eval_images, args.eval_images // 2, copy.deepcopy(PLAN)

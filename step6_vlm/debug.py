@@ -19,7 +19,6 @@ import random
 
 import torch
 
-from common import RUNS_DIR
 from common.cli import course_parser, run
 from common.device import pick_device, seed_everything
 from common.errors import CourseError
@@ -248,8 +247,8 @@ def main():
                 vlm.config.image_tokens = args.image_tokens
             src = args.init
         else:  # a fresh VLM, as stage 1 starts: the course LLM + a new projection
-            from step6_vlm.ablate import load_init_llm
-            gpt, tok, src = load_init_llm(args.llm)
+            from step6_vlm.train import init_llm
+            gpt, tok, src = init_llm(args.llm)
             enc = default_vision_encoder()
             vision, proc = load_vision_encoder(enc, dev)
             vc = vision.config

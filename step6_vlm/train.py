@@ -73,13 +73,14 @@ def stage_list(args) -> list:
     return (["clip"] if needs_clip else []) + missing
 
 
-def init_llm(args):
-    """The LLM to start from: --init, else runs/sft, else runs/pretrain; with --quick, an untrained tiny one."""
-    for path in ([args.init] if args.init else [RUNS_DIR / "sft", RUNS_DIR / "pretrain"]):
-        if (pathlib.Path(path) / "config.json").is_file() or args.init:
+def init_llm(init=None, quick: bool = False):
+    """The LLM every VLM starts from (train.py, ablate.py, debug.py): `init`, else runs/sft, else runs/pretrain;
+    with `quick`, an untrained tiny one when none exists. Returns (gpt, tokenizer, where it came from)."""
+    for path in ([init] if init else [RUNS_DIR / "sft", RUNS_DIR / "pretrain"]):
+        if (pathlib.Path(path) / "config.json").is_file() or init:
             gpt, tok, ckpt = load_gpt(path, expect_steps=("pretrain", "sft", "rlhf", "gpt"))
             return gpt, tok, str(ckpt.path)
-    if not args.quick:
+    if not quick:
         raise CourseError("no language model to start from (runs/sft or runs/pretrain); make one with: "
                           "python step3_pretrain/train.py  (or run this with --quick for a smoke test)")
     from step1_tokenizer.model import load_tokenizer
@@ -180,7 +181,7 @@ def main():
         from step6_vlm.data import render_scene
         from step6_vlm.vision import preprocess
         args.pixels = preprocess(proc, [render_scene(s, size) for s in sp.train])
-    gpt, tok, init_from = init_llm(args)
+    gpt, tok, init_from = init_llm(args.init, args.quick)
     image_token_id(tok)
     vc = vision.config
     cfg = VLMConfig(enc_name, vc.hidden_size, feats.shape[1], size, image_token_id(tok), args.projector,

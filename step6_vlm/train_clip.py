@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from common.cli import course_parser, run
 from common.device import pick_device, seed_everything
-from common.errors import CourseError
 from common.training import RunLogger, lr_at, print_summary
 from common.world import COLORS, SHAPES, SIZES, describe_scene, random_scene
 from step6_vlm.data import CELL, IMAGE_SIZE, allowed_in_training, cell_labels, render_scene, scene_key, world_splits
