@@ -261,10 +261,10 @@ def main():
     ex = examples_for(vlm, tok, scenes, args.stage, args.seed, args.batch_size)
     if args.image_loss:
         ex = with_image_loss(ex, vlm.config.image_token_id)
-    if vlm.config.image_tokens == "all":  # before debug_batch's training step changes the model
-        look = asked_cell_attention(vlm, tok, scenes, feats, args.seed, dev)
+    # check 6 first: debug_batch's training step changes the model. It needs one token per patch.
+    look = asked_cell_attention(vlm, tok, scenes, feats, args.seed, dev) if vlm.config.image_tokens == "all" else None
     fig = debug_batch(vlm, tok, ex, feats, args.stage, args.lr, device=dev)
-    if vlm.config.image_tokens == "all":
+    if look:
         fig["asked_cell_attention"] = look
     print(f"== image path check on one batch of {len(ex)} ({args.stage} data), model: {src}\n", file=sys.stderr)
     print(report(fig), file=sys.stderr)

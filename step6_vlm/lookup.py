@@ -95,7 +95,6 @@ def main():
     if args.tail < 0 or args.filler < 0:
         raise CourseError("--tail and --filler count tokens: use 0 or more")
     steps = 16 if args.quick else args.steps
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     settings = {"both": [False, True], "only": [True], "off": [False]}[args.qk_norm]
     rows = [train_lookup(q, steps, args.lr, args.filler, args.tail, args.seed, eval_every=8 if args.quick else 100,
                          target=args.target) for q in settings]
