@@ -4,6 +4,7 @@ learned so much later than "How many shapes are there?", and what QK-norm change
     python lookup.py                  # a fresh 4×256 GPT without and with QK-norm, same data, same seed
     python lookup.py --qk-norm only   # one of them
     python lookup.py --tail 0         # the cell word right before the answer: no plateau at all
+    python lookup.py --question-first # the question before the picture: image tokens see what is asked
 
 Each example: 9 "image tokens" (a one-hot of the cell and of its colour, projected by a trainable linear map,
 like step 6's patches), then `filler` random word tokens, then ONE word naming a cell, then `tail` fixed
@@ -12,6 +13,10 @@ With tail = 0 the word that names the cell is the answering position itself: one
 the cell. With a tail, the answering position must first fetch the cell word, then look up the cell: two
 hops that only help once both exist, so the loss sits on a plateau (guessing from the picture as a whole)
 before it drops. The printed table shows how long that plateau lasts.
+
+With --question-first the text (filler + cell word) comes BEFORE the image tokens, and only the tail after
+them. Each image token can then look back at the cell word and mark itself "asked" (its own slot is all the
+query it needs), and the answering position only has to find the marked token: both hops have a fixed query.
 """
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
@@ -49,8 +54,16 @@ def make_batch(g: torch.Generator, batch: int, filler: int, tail: int) -> tuple:
     return feats, text, answer
 
 
+def arrange(words, image, filler: int, question_first: bool):
+    """The input sequence (B, 9 + L, C): picture then text, or with question_first the filler and cell word,
+    then the picture, then the tail."""
+    if question_first:
+        return torch.cat([words[:, :filler + 1], image, words[:, filler + 1:]], 1)
+    return torch.cat([image, words], 1)
+
+
 def train_lookup(qk_norm: bool, steps: int, lr: float, filler: int, tail: int, seed: int, batch: int = 32,
-                 eval_every: int = 100, target: float = 0.95, log=print) -> dict:
+                 eval_every: int = 100, target: float = 0.95, question_first: bool = False, log=print) -> dict:
     """Train a fresh model until held-out accuracy ≥ target or `steps`; returns the curve and the step it got there."""
     seed_everything(seed)
     vocab = TAIL_FROM + max(tail, 1)
@@ -62,7 +75,7 @@ def train_lookup(qk_norm: bool, steps: int, lr: float, filler: int, tail: int, s
     test = make_batch(g_eval, 1024, filler, tail)
 
     def forward(feats, text):
-        x = torch.cat([proj(feats), gpt.embed(text)], 1)                     # (B, 9 + L, C)
+        x = arrange(gpt.embed(text), proj(feats), filler, question_first)    # (B, 9 + L, C)
         return gpt(inputs_embeds=x)[0][:, -1]                                 # (B, V): the answering position
 
     curve, reached, t0 = [], None, time.perf_counter()
@@ -91,19 +104,20 @@ def main():
     p.add_argument("--filler", type=int, default=10, help="填充词数 random words between the picture and the question")
     p.add_argument("--tail", type=int, default=6, help="尾部固定词数 fixed tokens between the cell word and the answer")
     p.add_argument("--target", type=float, default=0.95, help="目标准确率 held-out accuracy that ends a run")
+    p.add_argument("--question-first", action="store_true", help="问题在图像之前 the text before the image tokens")
     args = p.parse_args()
     if args.tail < 0 or args.filler < 0:
         raise CourseError("--tail and --filler count tokens: use 0 or more")
     steps = 16 if args.quick else args.steps
     settings = {"both": [False, True], "only": [True], "off": [False]}[args.qk_norm]
     rows = [train_lookup(q, steps, args.lr, args.filler, args.tail, args.seed, eval_every=8 if args.quick else 100,
-                         target=args.target) for q in settings]
+                         target=args.target, question_first=args.question_first) for q in settings]
     print(f"\n{'qk_norm':<9}{'steps to ' + format(args.target, '.0%'):>14}{'final acc':>11}{'wall s':>9}")
     for r in rows:
         print(f"{str(r['qk_norm']):<9}{str(r['steps_to_target'] or f'>{steps}'):>14}{r['final_accuracy']:>11.1%}{r['wall_s']:>9}")
     print_summary(**{f"steps_to_target_qk_{r['qk_norm']}".lower(): r["steps_to_target"] for r in rows},
                   **{f"final_accuracy_qk_{r['qk_norm']}".lower(): r["final_accuracy"] for r in rows},
-                  tail=args.tail, filler=args.filler, lr=args.lr, max_steps=steps)
+                  tail=args.tail, filler=args.filler, lr=args.lr, max_steps=steps, question_first=args.question_first)
 
 
 if __name__ == "__main__":

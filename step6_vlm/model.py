@@ -53,16 +53,23 @@ def apply_freeze(vlm: "VLM", stage: str, stage1_llm: str = DEFAULT_STAGE1_LLM, l
     vision, projection, llm = FREEZE_TABLE[stage]
     if vlm.vision is not None:
         vlm.vision.requires_grad_(vision == "trained")
-    vlm.projection.requires_grad_(projection == "trained")
+    for p in connector_params(vlm):
+        p.requires_grad_(projection == "trained")
     keep = llm_trainable_names(vlm.llm, stage1_llm if llm == "stage1" else llm, last_n)
     for name, p in vlm.llm.named_parameters():
         p.requires_grad_(name in keep)
     return trainable_counts(vlm)
 
 
+def connector_params(vlm: "VLM") -> list:
+    """The freeze table's "projection" column: the projection and, when used, the image-slot positions."""
+    return [*vlm.projection.parameters(), *([vlm.image_pos] if vlm.image_pos is not None else [])]
+
+
 def trainable_counts(vlm: "VLM") -> dict:
-    parts = {"vision": vlm.vision, "projection": vlm.projection, "llm": vlm.llm}
-    return {k: sum(p.numel() for p in m.parameters() if p.requires_grad) if m is not None else 0 for k, m in parts.items()}
+    parts = {"vision": list(vlm.vision.parameters()) if vlm.vision is not None else [],
+             "projection": connector_params(vlm), "llm": list(vlm.llm.parameters())}
+    return {k: sum(p.numel() for p in ps if p.requires_grad) for k, ps in parts.items()}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -79,6 +86,7 @@ class VLMConfig:
     projector: str = "linear"    # "linear" (LLaVA-1, no bias) or "mlp" (Linear–GELU–Linear)
     image_tokens: str = "all"    # "all" patches (LLaVA), or "first" / "mean": one token (seed 000's bug / fix)
     feature_layer: int = -2      # which encoder layer's hidden states (LLaVA: second to last)
+    image_positions: str = "none"  # "learned": a trained vector per image-token slot added after the projection
 
     @classmethod
     def from_dict(cls, d: dict) -> "VLMConfig":
@@ -104,7 +112,16 @@ class VLM(nn.Module):
         if config.image_tokens not in ("all", "first", "mean"):
             raise CourseError(f"unknown image_tokens mode {config.image_tokens!r}; choose all, first or mean")
         self.config, self.llm, self.vision = config, llm, vision
+        if config.image_positions not in ("none", "learned"):
+            raise CourseError(f"unknown image_positions {config.image_positions!r}; choose none or learned")
         self.projection = make_projection(config.projector, config.vision_dim, llm.config.n_embd)
+        # Which slot (grid cell) an image token is. The LLM's RoPE only gives distances, and the question's
+        # length moves those; a patch feature must say where it is itself. The small CLIP of stage 0 mostly
+        # loses that (train_clip.py's probe "cell"), so "the shape at the top left" cannot be found by content.
+        # One trained vector per slot gives it back. Started at the projected features' scale (~1 per
+        # dimension), so the slots differ from the first step. Trained with the projection (the freeze table).
+        self.image_pos = (nn.Parameter(torch.randn(self.tokens_per_image, llm.config.n_embd))
+                          if config.image_positions == "learned" else None)
 
     @property
     def tokens_per_image(self) -> int:
@@ -128,7 +145,8 @@ class VLM(nn.Module):
         elif self.config.image_tokens == "mean":
             features = features.mean(1, keepdim=True)        # (N, 1, D)
         w = next(self.projection.parameters())
-        return self.projection(features.to(w.dtype))         # (N, n, C)
+        x = self.projection(features.to(w.dtype))            # (N, n, C)
+        return x if self.image_pos is None else x + self.image_pos.to(x.dtype)
 
     def expand(self, ids: list, mask: list | None = None) -> tuple:
         """One `<image>` id → tokens_per_image copies. The mask (loss mask) is 0 on all of them: image

@@ -27,7 +27,7 @@ from step6_vlm.data import (caption_messages, eval_items, image_key, load_image,
                             world_splits)
 from step6_vlm.loop import batches, caption_items, collate, encode, oracle_features, score, world_features
 from step6_vlm.model import (DEFAULT_LAST_N, DEFAULT_STAGE1_LLM, STAGE1_LLM_CHOICES, VLM, VLMConfig, apply_freeze,
-                             image_token_id, load_vlm, save_vlm)
+                             connector_params, image_token_id, load_vlm, save_vlm)
 from step6_vlm.vision import (CLIP_DIR, cached_features, default_vision_encoder, encoder_key, image_size,
                               load_vision_encoder)
 
@@ -47,6 +47,7 @@ def parse():
     a("--vision-encoder", default=None, help=f"视觉编码器 HF id or folder (default: openai/clip-vit-base-patch16 if cached, else {CLIP_DIR})")
     a("--projector", default="linear", choices=("linear", "mlp"), help="投影层 linear (LLaVA-1, no bias) or mlp")
     a("--image-tokens", default="all", choices=("all", "first", "mean"), help="图像token all patches / first patch / mean-pooled")
+    a("--image-positions", default="none", choices=("none", "learned"), help="图像token位置向量 none / learned (one trained vector per image-token slot)")
     a("--feature-layer", type=int, default=-2, help="特征层 encoder layer whose patch states are used (LLaVA: -2)")
     a("--stage1-llm", default=DEFAULT_STAGE1_LLM, choices=STAGE1_LLM_CHOICES, help="阶段1 LLM: last_n layers / frozen / all")
     a("--last-n", type=int, default=DEFAULT_LAST_N, help="阶段1 训练最后几层 LLM layers trained in stage 1")
@@ -104,7 +105,7 @@ def train_stage(stage, vlm, tok, train_ex, feats, args, out, dev, dtype, evaluat
     counts = apply_freeze(vlm, stage, args.stage1_llm, args.last_n)
     print(f"[{stage}] trainable parameters: {counts}", file=sys.stderr)
     lr = args.lr or plan["lr"]
-    proj_params = [p for p in vlm.projection.parameters() if p.requires_grad]
+    proj_params = [p for p in connector_params(vlm) if p.requires_grad]
     llm_params = [p for p in vlm.llm.parameters() if p.requires_grad]
     groups = [{"params": proj_params, "base": plan["proj_lr"] * lr / plan["lr"]}]
     if llm_params:
@@ -185,7 +186,7 @@ def main():
     image_token_id(tok)
     vc = vision.config
     cfg = VLMConfig(enc_name, vc.hidden_size, feats.shape[1], size, image_token_id(tok), args.projector,
-                    args.image_tokens, args.feature_layer)
+                    args.image_tokens, args.feature_layer, args.image_positions)
     test_items = [dict(it, image=it["image"] + test_off) for it in eval_items(sp.test, args.seed)]
     combo_items = [dict(it, image=it["image"] + combo_off) for it in eval_items(sp.combo, args.seed, combo=True)]
     caps = [dict(it, image=it["image"] + test_off) for it in caption_items(sp.test, args.seed)]

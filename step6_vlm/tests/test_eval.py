@@ -237,6 +237,17 @@ def test_lookup_batches_ask_an_occupied_cell_and_answer_its_colour():
     assert bool((text[:, -2:] == torch.tensor([40, 41])).all())          # the fixed tail
 
 
+def test_lookup_question_first_puts_the_picture_between_question_and_tail():
+    from step6_vlm.lookup import arrange
+    words, image = torch.zeros(2, 4 + 1 + 3, 8), torch.ones(2, 9, 8)     # filler 4, cell word, tail 3
+    words[:, :, 0] = torch.arange(8.0)                                   # mark each word by its place
+    first, last = arrange(words, image, filler=4, question_first=True), arrange(words, image, 4, False)
+    assert first.shape == last.shape == (2, 17, 8)
+    assert bool((last[:, :9] == 1).all()) and torch.equal(last[:, 9:], words)               # picture, then text
+    assert torch.equal(first[:, :5], words[:, :5]) and bool((first[:, 5:14] == 1).all())    # question, picture,
+    assert torch.equal(first[:, 14:], words[:, 5:])                                          # then the tail
+
+
 def test_oracle_features_hold_each_cells_facts():
     from step6_vlm.loop import oracle_features
     t = Thing(COLORS[2], SHAPES[4], SIZES[1], row=1, col=2)

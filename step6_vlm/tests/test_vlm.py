@@ -61,6 +61,26 @@ def test_first_and_mean_modes_use_one_token(tok):
     assert build_example(first, tok, CAPTION)[0].count(tok.image_id) == 1
 
 
+def test_learned_image_positions_mark_each_slot_train_with_the_projection_and_survive_saving(tok, tmp_path):
+    from step6_vlm.model import load_vlm, save_vlm, trainable_counts
+    same = torch.randn(1, 1, 32).expand(2, 9, 32)                          # (N, P, D): every patch alike
+    plain, placed = make_vlm(tok), make_vlm(tok, image_positions="learned")
+    assert plain.image_pos is None and torch.allclose(plain.image_embeds(same)[:, 0], plain.image_embeds(same)[:, 4])
+    e = placed.image_embeds(same)                                          # (N, 9, C)
+    assert not torch.allclose(e[:, 0], e[:, 4])                            # the slots now differ...
+    assert torch.allclose(e - placed.image_pos, placed.projection(same), atol=1e-6)  # ...by the slot vectors only
+    for stage in FREEZE_TABLE:                                             # the "projection" column covers them
+        assert apply_freeze(placed, stage)["projection"] == 32 * 64 + 9 * 64 and placed.image_pos.requires_grad
+    placed.projection.requires_grad_(False)
+    placed.image_pos.requires_grad_(False)
+    assert trainable_counts(placed)["projection"] == 0
+    save_vlm(tmp_path / "v", placed, tok, "vlm_sft")
+    back, _, _ = load_vlm(tmp_path / "v", with_vision=False)
+    assert back.config.image_positions == "learned" and torch.equal(back.image_pos, placed.image_pos)
+    with pytest.raises(CourseError):
+        make_vlm(tok, image_positions="sinusoidal")
+
+
 @pytest.mark.parametrize("stage1_llm", ["last_n", "frozen", "all"])
 def test_freeze_table_sets_exactly_the_expected_parameters(tok, clip_dir, stage1_llm):
     vlm = make_vlm(tok, clip_dir, n_layer=3)
