@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from common.cli import course_parser, run
 from common.device import pick_device, seed_everything
+from common.errors import CourseError
 from common.training import RunLogger, lr_at, print_summary
 from common.world import COLORS, SHAPES, SIZES, describe_scene, random_scene
 from step6_vlm.data import CELL, IMAGE_SIZE, allowed_in_training, cell_labels, render_scene, scene_key, world_splits
@@ -76,13 +77,16 @@ def small_clip_config(vocab_size: int, width: int = 128, layers: int = 4, heads:
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=width)
 
 
-def twin(things, rng: random.Random):
-    """The same scene with exactly one attribute changed: the hard negative that forces fine detail."""
+def twin(things, rng: random.Random, shape_twins: int = 1):
+    """The same scene with exactly one attribute changed: the hard negative that forces fine detail.
+    A shape change is drawn `shape_twins` times as often as each other kind: colour is easy for CLIP
+    (a few pixels' average), shape is not, so more of the hard negatives can be about shape."""
+    kinds = ["color", *["shape"] * shape_twins, "size", "move", "count"]
     while True:
         things2 = list(things)
         i = rng.randrange(len(things))
         t = things[i]
-        kind = rng.choice(["color", "shape", "size", "move", "count"])
+        kind = rng.choice(kinds)
         if kind == "color":
             things2[i] = replace(t, color=rng.choice([c for c in COLORS if c != t.color]))
         elif kind == "shape":
@@ -160,7 +164,7 @@ def linear_probe(train_feats, train_scenes, test_feats, test_scenes, steps: int 
 
 def train_clip(out=CLIP_DIR, steps: int = 400, batch_pairs: int = 128, lr: float = 2e-3, width: int = 128,
                layers: int = 4, n_images: int = 8000, seed: int = 1337, device: str = "cpu", log=True,
-               splits=None) -> dict:
+               splits=None, shape_twins: int = 1) -> dict:
     """Train, evaluate (retrieval + probe), save. Returns the metrics."""
     from transformers import CLIPModel
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -174,7 +178,7 @@ def train_clip(out=CLIP_DIR, steps: int = 400, batch_pairs: int = 128, lr: float
     rng = random.Random(seed)
     # A fixed pool of (scene, twin) pairs drawn once: rendering is slower than a training step on a CPU.
     test_keys = {scene_key(s) for s in sp.test + sp.combo}
-    pairs = [(s, twin(s, rng)) for s in sp.train]
+    pairs = [(s, twin(s, rng, shape_twins)) for s in sp.train]
     pairs = [(a, b) for a, b in pairs if scene_key(b) not in test_keys]
     scenes = [s for p in pairs for s in p]
     pix = preprocess(proc, [render_scene(s) for s in scenes])                    # (2N, 3, 63, 63)
@@ -242,11 +246,15 @@ def main():
     p.add_argument("--width", type=int, default=128, help="编码器宽度 transformer width of both towers")
     p.add_argument("--layers", type=int, default=4, help="视觉层数 vision transformer layers")
     p.add_argument("--images", type=int, default=8000, help="训练图像数 number of training scenes")
+    p.add_argument("--shape-twins", type=int, default=1, help="形状孪生权重 draw a shape-changed twin this many times as often as each other kind")
     args = p.parse_args()
+    if args.shape_twins < 1:
+        raise CourseError("--shape-twins is a weight: use 1 or more")
     steps = args.max_steps or (60 if args.quick else args.steps)
     n_images = 500 if args.quick else args.images
     m = train_clip(pathlib.Path(args.out), steps=steps, batch_pairs=args.batch_size or 128, lr=args.lr,
-                   width=args.width, layers=args.layers, n_images=n_images, seed=args.seed, device=args.device)
+                   width=args.width, layers=args.layers, n_images=n_images, seed=args.seed, device=args.device,
+                   shape_twins=args.shape_twins)
     print(f"zero-shot image→text retrieval among {m['retrieval_candidates']} held-out captions: "
           f"{m['clip_retrieval_acc']:.1%} (held-out combinations: {m['clip_retrieval_acc_combo']:.1%})")
     print(f"linear probe on frozen patch features (layer -2): {m['probe_layer_-2']}  (layer -1: {m['probe_layer_-1']})")

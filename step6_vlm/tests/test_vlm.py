@@ -284,3 +284,22 @@ def test_real_data_loaders(tmp_path):
         load_real_data([tmp_path / "two.json"])
     with pytest.raises(CourseError, match="no such file"):
         load_real_data([tmp_path / "nope.json"])
+
+
+def test_twins_change_one_thing_and_shape_twins_weigh_shape():
+    from step6_vlm.data import world_splits
+    from step6_vlm.train_clip import twin
+    scenes = world_splits(300, 0, 0, seed=3).train
+
+    def shape_share(weight):
+        rng, n = random.Random(0), 0
+        for s in scenes:
+            t = twin(s, rng, weight)
+            diff = [(a, b) for a, b in zip(s, t) if a != b]
+            if len(s) == len(t) and len(diff) == 1 and diff[0][0].shape != diff[0][1].shape:
+                assert (diff[0][0].color, diff[0][0].size, diff[0][0].row) == (diff[0][1].color, diff[0][1].size, diff[0][1].row)
+                n += 1
+        return n / len(scenes)
+
+    one, three = shape_share(1), shape_share(3)
+    assert 0.1 < one < 0.3 and three > one + 0.15       # 1 of 5 kinds vs 3 of 7
