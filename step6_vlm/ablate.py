@@ -32,7 +32,7 @@ from common.training import lr_at, print_summary
 from step6_vlm.data import caption_messages, cell_labels, eval_items, qa_conversation, world_splits
 from step6_vlm.debug import with_image_loss
 from step6_vlm.loop import batches, caption_items, collate, encode, score
-from step6_vlm.model import VLM, VLMConfig, apply_freeze, image_token_id
+from step6_vlm.model import VLM, VLMConfig, apply_freeze, connector_params, image_token_id
 from step6_vlm.train import init_llm
 
 # Short runs: same learning rates as train.py, far fewer steps (measured: 350–430 s a row on a shared 2-core CPU,
@@ -70,7 +70,7 @@ def train_stage(vlm, tok, examples, feats, stage: str, plan: dict, stage1_llm: s
     """One stage as train.py trains it (freeze table, AdamW, warmup + cosine, clipping), without logging.
     Returns the projection's gradient norm at the first step (it must be > 0) and the final loss."""
     apply_freeze(vlm, stage, stage1_llm, 2)
-    proj = [p for p in vlm.projection.parameters() if p.requires_grad]
+    proj = [p for p in connector_params(vlm) if p.requires_grad]
     llm = [p for p in vlm.llm.parameters() if p.requires_grad]
     groups = [{"params": proj, "base": plan["proj_lr"]}] + ([{"params": llm, "base": plan["lr"]}] if llm else [])
     opt = torch.optim.AdamW(groups, lr=plan["lr"], weight_decay=0.0, betas=(0.9, 0.95))
