@@ -29,7 +29,7 @@ def hf_config(cfg: GPTConfig, special_ids: dict | None = None) -> dict:
     """LlamaConfig fields for our GPTConfig. special_ids: {"bos": id, "eos": id, "pad": id} when known."""
     if cfg.qk_norm:
         raise CourseError("this model uses qk_norm (RMSNorm on q and k), which LlamaForCausalLM does not have; "
-                          "train with qk_norm=False to export to Llama")
+                          "train with qk_norm=False (step 3: python step3_pretrain/train.py --no-qk-norm) to export to Llama")
     special_ids = special_ids or {}
     return {
         "architectures": ["LlamaForCausalLM"],

@@ -105,7 +105,7 @@ def main():
         raise CourseError(f"no tiny-shakespeare text at {text}; pass --text PATH (a plain .txt file)")
     argv = ["--tokenizer", "char", "--data", str(text), "--device", args.device, "--dtype", args.dtype,
             "--out", args.out, "--seed", str(args.seed), "--target-loss", str(target), "--sample-tokens", "0",
-            "--min-lr-ratio", "0.1", "--weight-decay", "0.1"]
+            "--min-lr-ratio", "0.1", "--weight-decay", "0.1", "--no-qk-norm"]  # the measured speedrun: plain Llama blocks
     argv += [x for k, v in cfg.items() for x in (f"--{k.replace('_', '-')}", str(v))]
     if args.compile:
         argv.append("--compile")

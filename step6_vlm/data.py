@@ -35,9 +35,25 @@ SUPERSAMPLE = 4               # draw 4× larger, then shrink: smooth edges, like
 HELDOUT_COMBOS = {("red", "star"), ("green", "hexagon"), ("blue", "triangle"), ("yellow", "circle"),
                   ("purple", "diamond"), ("orange", "square")}
 
-CAPTION_PROMPTS = {"zh": "<image>\n这个图像中有什么内容？", "en": "<image>\nWhat is in this image?"}
+CAPTION_PROMPTS = {"zh": "这个图像中有什么内容？", "en": "What is in this image?"}
 DESCRIBE_PROMPTS = {"zh": "描述这张图片", "en": "Describe this image."}
 QUESTION_TYPES = ("color", "shape", "count", "position", "describe")
+
+
+# Where the picture goes in a user turn. LLaVA puts it first ("<image>\n question"): in a causal LM the image
+# tokens then cannot see the question, and finding the asked-about cell is left to the few tokens after them.
+# With the question first, every image token attends to the question, so each can already say "I am the cell
+# asked about". Measured (README problem 7, lookup.py --question-first): the lookup is learned 4–7× sooner.
+LAYOUTS = ("question-first", "image-first")
+
+
+def user_turn(text: str, layout: str = "question-first") -> str:
+    """A user message with the picture's `<image>` placeholder where `layout` says."""
+    if layout == "question-first":
+        return text + "\n<image>"
+    if layout == "image-first":
+        return "<image>\n" + text
+    raise CourseError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
 
 
 def allowed_in_training(color, shape) -> bool:
@@ -98,8 +114,8 @@ def render_scene(things, size: int = IMAGE_SIZE) -> Image.Image:
 # Texts about a scene: captions (stage 1) and questions with exactly one right answer (stage 2, eval)
 
 
-def caption_messages(things, lang: str) -> list:
-    return [{"role": "user", "content": CAPTION_PROMPTS[lang]},
+def caption_messages(things, lang: str, layout: str = "question-first") -> list:
+    return [{"role": "user", "content": user_turn(CAPTION_PROMPTS[lang], layout)},
             {"role": "assistant", "content": describe_scene(things, lang)}]
 
 
@@ -133,22 +149,19 @@ def question(qtype: str, things, rng: random.Random, lang: str, target: Thing | 
     raise CourseError(f"unknown question type {qtype!r}; choose from {QUESTION_TYPES}")
 
 
-def qa_conversation(things, rng: random.Random, max_turns: int = 4, describe_p: float = 0.15) -> list:
-    """A stage-2 conversation: 1–max_turns questions about one image, the image given in the first turn.
-    Several answers per image make each sequence (and each pass of the frozen features) teach more."""
-    lang = rng.choice(["zh", "en"])
-    types = ["color", "shape", "count", "position"]
+def qa_examples(things, rng: random.Random, layout: str = "question-first", per_image: int = 3,
+                describe_p: float = 0.15) -> list:
+    """Stage-2 conversations about one image: up to `per_image` different question types (a description
+    among them with probability `describe_p`), each its own one-question conversation in a random language,
+    so every question sits where the layout puts it next to the picture. Evaluation asks one question too."""
+    types = ["color", "shape", "count", "position"] + (["describe"] if rng.random() < describe_p else [])
     rng.shuffle(types)
-    turns = types[:rng.randint(1, max_turns)]
-    if rng.random() < describe_p:
-        turns.insert(rng.randint(0, len(turns)), "describe")
-    msgs = []
-    for qt in turns if any(t != "position" for t in turns) else turns + ["count"]:  # never an empty conversation
-        qa = question(qt, things, rng, lang)
-        if qa:
-            msgs += [{"role": "user", "content": ("<image>\n" + qa[0]) if not msgs else qa[0]},
-                     {"role": "assistant", "content": qa[1]}]
-    return msgs
+    convs = []
+    for qt in types[:per_image]:
+        qa = question(qt, things, rng, rng.choice(["zh", "en"]))
+        if qa:  # a position question has no single answer when the scene has two things alike
+            convs.append([{"role": "user", "content": user_turn(qa[0], layout)}, {"role": "assistant", "content": qa[1]}])
+    return convs
 
 
 def cell_labels(scenes) -> torch.Tensor:
@@ -356,9 +369,9 @@ def image_key(image) -> str:
     return file_key(image)
 
 
-def one_image_placeholder(messages, where: str) -> list:
-    """Exactly one <image> per sample (one image each): put it in front of the first user turn when it is
-    missing (LLaVA's layout); more than one is refused, since there is only one image to fill them."""
+def one_image_placeholder(messages, where: str, layout: str = "question-first") -> list:
+    """Exactly one <image> per sample (one image each): put it into the first user turn, where `layout` says,
+    when it is missing (a captions folder has none); more than one is refused: one image cannot fill them."""
     n = sum(m["content"].count("<image>") for m in messages)
     if n > 1:
         raise CourseError(f"{where}: the conversation has {n} <image> placeholders but one image; use exactly one")
@@ -366,12 +379,13 @@ def one_image_placeholder(messages, where: str) -> list:
         k = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
         if k is None:
             raise CourseError(f"{where}: the conversation has no user turn to put the image in")
-        messages = [dict(m, content="<image>\n" + m["content"]) if i == k else m for i, m in enumerate(messages)]
+        messages = [dict(m, content=user_turn(m["content"], layout)) if i == k else m for i, m in enumerate(messages)]
     return messages
 
 
-def load_real_data(sources) -> list:
-    """`--data` entries: a LLaVA JSON file, a captions folder, or `hf:NAME` for a Hugging Face dataset."""
+def load_real_data(sources, layout: str = "question-first") -> list:
+    """`--data` entries: a LLaVA JSON file, a captions folder, or `hf:NAME` for a Hugging Face dataset.
+    A sample that places its own <image> keeps that place; the others get it where `layout` says."""
     out = []
     for src in sources:
         if str(src).startswith("hf:"):
@@ -385,11 +399,11 @@ def load_real_data(sources) -> list:
                               f"captions.json, or hf:NAME)")
     if not out:
         raise CourseError(f"--data {' '.join(map(str, sources))} holds no samples")
-    return [dict(s, messages=one_image_placeholder(s["messages"], f"sample {i}")) for i, s in enumerate(out)]
+    return [dict(s, messages=one_image_placeholder(s["messages"], f"sample {i}", layout)) for i, s in enumerate(out)]
 
 
 __all__ = ["IMAGE_SIZE", "CELL", "GRID", "HELDOUT_COMBOS", "CAPTION_PROMPTS", "DESCRIBE_PROMPTS", "QUESTION_TYPES",
-           "render_scene", "caption_messages", "question", "qa_conversation", "world_splits", "eval_items",
+           "LAYOUTS", "user_turn", "render_scene", "caption_messages", "question", "qa_examples", "world_splits", "eval_items",
            "load_image", "to_rgb", "load_llava_json", "load_caption_folder", "load_hf_captions", "load_real_data",
            "scene_key", "file_key", "allowed_in_training", "COLORS", "SHAPES", "SIZES", "POSITIONS"]
 

@@ -23,7 +23,7 @@ from common.cli import course_parser, run
 from common.device import pick_device, seed_everything
 from common.errors import CourseError
 from common.training import print_summary
-from step6_vlm.data import caption_messages, qa_conversation, world_splits
+from step6_vlm.data import caption_messages, qa_examples, user_turn, world_splits
 from step6_vlm.loop import collate, encode
 from step6_vlm.model import VLM, VLMConfig, apply_freeze, image_token_id, load_vlm
 
@@ -136,7 +136,7 @@ def asked_cell_attention(vlm: VLM, tok, scenes, feats: torch.Tensor, seed: int =
     for i, s in enumerate(scenes):
         t = rng.choice(s)
         q, _ = question(rng.choice(["color", "shape"]), s, rng, rng.choice(["zh", "en"]), target=t)
-        ids, _ = build_example(vlm, tok, [{"role": "user", "content": "<image>\n" + q}], add_generation_prompt=True)
+        ids, _ = build_example(vlm, tok, [{"role": "user", "content": user_turn(q, vlm.config.layout)}], add_generation_prompt=True)
         x = torch.tensor([ids], device=device)
         h = vlm.splice(x, vlm.image_embeds(feats[i:i + 1].to(device)))       # (1, T, C)
         start = ids.index(vlm.config.image_token_id)
@@ -218,8 +218,9 @@ def quick_parts(scenes, device="cpu", seed: int = 0):
 
 def examples_for(vlm, tok, scenes, stage: str, seed: int, n: int) -> list:
     rng = random.Random(seed)
-    convs = [(i, caption_messages(s, rng.choice(["zh", "en"])) if stage == "pretrain" else qa_conversation(s, rng))
-             for i, s in enumerate(scenes[:n])]
+    layout = vlm.config.layout
+    convs = [(i, caption_messages(s, rng.choice(["zh", "en"]), layout)) if stage == "pretrain" else
+             (i, qa_examples(s, rng, layout, per_image=1)[0]) for i, s in enumerate(scenes[:n])]
     return encode(vlm, tok, convs)
 
 

@@ -12,23 +12,24 @@ from common import RUNS_DIR
 from common.cli import course_parser, run
 from common.device import pick_device, seed_everything
 from common.errors import CourseError
-from step6_vlm.data import load_image
+from step6_vlm.data import load_image, user_turn
 from step6_vlm.model import build_example, image_token_id, load_vlm
 from step6_vlm.vision import load_image_processor, preprocess
 
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def prepare_prompt(prompt: str, n_images: int = 1) -> tuple:
-    """(prompt with exactly one <image> per image, note for the user or None). A prompt without the
-    placeholder gets it in front (LLaVA's layout); more placeholders than images is refused."""
+def prepare_prompt(prompt: str, n_images: int = 1, layout: str = "question-first") -> str:
+    """The prompt with exactly one <image> per image. A prompt without the placeholder (the usual case: the
+    user just asks) gets it where the model was trained to see it, its layout; more placeholders than images
+    are refused."""
     n = prompt.count("<image>")
     if n == 0 and n_images:
-        return "<image>\n" + prompt, "note: the prompt had no <image>; it was put in front of the question"
+        return user_turn(prompt, layout)
     if n != n_images:
         raise CourseError(f"the prompt has {n} <image> placeholders but {n_images} image(s) were given; "
                           f"use exactly one <image> per image")
-    return prompt, None
+    return prompt
 
 
 class Streamer:
@@ -51,9 +52,7 @@ class Streamer:
 
 def answer(vlm, tok, processor, image, prompt: str, max_new_tokens=128, temperature=0.0, on_token=None, device="cpu") -> str:
     """One question about one PIL image → the model's answer text."""
-    prompt, note = prepare_prompt(prompt, 1)
-    if note:
-        print(note, file=sys.stderr)
+    prompt = prepare_prompt(prompt, 1, vlm.config.layout)
     image_token_id(tok)
     ids, _ = build_example(vlm, tok, [{"role": "user", "content": prompt}], add_generation_prompt=True)
     room = vlm.llm.config.block_size - len(ids)

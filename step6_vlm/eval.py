@@ -21,7 +21,7 @@ from common.device import pick_device, seed_everything
 from common.errors import CourseError
 from common.training import print_summary
 from common.world import COLORS, POSITIONS, SHAPES, describe_scene
-from step6_vlm.data import CAPTION_PROMPTS, DESCRIBE_PROMPTS, eval_items, render_scene, world_splits
+from step6_vlm.data import CAPTION_PROMPTS, DESCRIBE_PROMPTS, eval_items, render_scene, user_turn, world_splits
 from step6_vlm.model import build_example, load_vlm
 
 STAGE_DIRS = {"pretrain": RUNS_DIR / "vlm_pretrain", "sft": RUNS_DIR / "vlm_sft"}
@@ -118,10 +118,12 @@ def accuracy_by_type(items, predictions) -> dict:
 
 @torch.no_grad()
 def generate_answers(vlm, tok, questions, feats, max_new_tokens: int = 96, batch_size: int = 200, device="cpu") -> list:
-    """questions: [(image_index, user_text)] → greedy answers. Prompts of equal length are batched together
-    (generate() needs a rectangular batch); the answer ends at <|im_end|>."""
+    """questions: [(image_index, question text)] → greedy answers; the picture goes where the model's layout
+    puts it. Prompts of equal length are batched together (generate() needs a rectangular batch); the answer
+    ends at <|im_end|>."""
     vlm.eval()
-    enc = [build_example(vlm, tok, [{"role": "user", "content": q}], add_generation_prompt=True)[0] for _, q in questions]
+    enc = [build_example(vlm, tok, [{"role": "user", "content": user_turn(q, vlm.config.layout)}],
+                         add_generation_prompt=True)[0] for _, q in questions]
     groups = {}
     for k, ids in enumerate(enc):
         groups.setdefault(len(ids), []).append(k)
@@ -148,18 +150,18 @@ def evaluate_checkpoint(vlm, tok, items, desc_questions, scenes, feats, device) 
     short = [it for it in items if it["type"] != "describe"]
     # no right short answer is longer than this, so generation may stop there: a longer answer is wrong anyway
     room = max(len(tok.encode(it["answer"])) for it in short) + 2
-    preds = generate_answers(vlm, tok, [(it["image"], "<image>\n" + it["question"]) for it in short], feats,
+    preds = generate_answers(vlm, tok, [(it["image"], it["question"]) for it in short], feats,
                              max_new_tokens=room, device=device)
     descs = generate_answers(vlm, tok, desc_questions, feats, device=device)
     # the describe questions are the describe-prompt half of desc_questions: score those answers too
     said = {q: a for q, a in zip(desc_questions, descs)}
     desc_items = [it for it in items if it["type"] == "describe"]
-    desc_preds = [said.get((it["image"], "<image>\n" + it["question"]), "") for it in desc_items]
+    desc_preds = [said.get((it["image"], it["question"]), "") for it in desc_items]
     acc = accuracy_by_type(short + desc_items, preds + desc_preds)
     hall = hallucination_stats(descs, [scenes[i] for i, _ in desc_questions])
     # the same figures per prompt: stage 1 was trained on the caption prompt, stage 2 on the describe prompt
     for name, prompts in (("describe", DESCRIBE_PROMPTS), ("caption", CAPTION_PROMPTS)):
-        ks = [k for k, (_, q) in enumerate(desc_questions) if q.split("\n")[-1] in [v.split("\n")[-1] for v in prompts.values()]]
+        ks = [k for k, (_, q) in enumerate(desc_questions) if q in prompts.values()]
         hall[f"{name}_prompt"] = {k: v for k, v in hallucination_stats([descs[k] for k in ks], [scenes[desc_questions[k][0]] for k in ks]).items()
                                   if k in ("hallucination_rate", "mean_answer_chars", "object_error_rate")}
     return {"accuracy": acc, "hallucination": hall, "descriptions": descs}
@@ -190,7 +192,7 @@ def write_eval_md(out: pathlib.Path, scenes, desc_questions, results, n_rows: in
         big.save(img_dir / f"{i:03d}.png")
         truth = describe_scene(scenes[i], "zh" if re.search(r"[\u4e00-\u9fff]", q) else "en")
         cells = [results[s]["descriptions"][k].replace("|", "/").replace("\n", "↵") or "(empty)" for s in stages]
-        lines.append(f"| <img src=\"images/{i:03d}.png\" width=\"126\"> | {q.split(chr(10))[-1]} | " + " | ".join(cells) + f" | {truth} |")
+        lines.append(f"| <img src=\"images/{i:03d}.png\" width=\"126\"> | {q} | " + " | ".join(cells) + f" | {truth} |")
     lines.append("")
     path = out / "eval.md"
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -231,12 +233,12 @@ def main():
     combo = [dict(it, image=it["image"] + n_test) for it in eval_items(sp.combo, seed, combo=True) if it["type"] != "describe"]
     # the same two description prompts for both stages: stage 1's caption prompt and stage 2's describe prompt
     lang = {it["image"]: it["lang"] for it in items}
-    desc_q = ([(i, "<image>\n" + DESCRIBE_PROMPTS[lang[i]]) for i in range(n_test)] +
+    desc_q = ([(i, DESCRIBE_PROMPTS[lang[i]]) for i in range(n_test)] +
               [(i, CAPTION_PROMPTS[lang[i]]) for i in range(n_test)])
     results, summary = {}, {}
     for stage, (m, _, _) in models.items():
         results[stage] = r = evaluate_checkpoint(m, tok, items, desc_q, scenes, feats, dev)
-        c = accuracy_by_type(combo, generate_answers(m, tok, [(it["image"], "<image>\n" + it["question"]) for it in combo], feats,
+        c = accuracy_by_type(combo, generate_answers(m, tok, [(it["image"], it["question"]) for it in combo], feats,
                                                      max_new_tokens=16, device=dev))
         pre = "" if stage == "sft" else "pretrain_"
         summary.update({f"{pre}vqa_accuracy": r["accuracy"]["vqa_accuracy"], f"{pre}vqa_accuracy_by_type": r["accuracy"]["by_type"],

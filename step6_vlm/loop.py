@@ -6,7 +6,7 @@ import torch
 
 from common.errors import CourseError
 
-from step6_vlm.data import CAPTION_PROMPTS, RENDER_VERSION, caption_messages, cell_labels, render_scene, scene_key
+from step6_vlm.data import CAPTION_PROMPTS, RENDER_VERSION, caption_messages, cell_labels, render_scene, scene_key, user_turn
 from step6_vlm.model import VLM, build_example
 from step6_vlm.vision import cached_features, encoder_key
 
@@ -90,7 +90,7 @@ def exact_match(vlm: VLM, examples, feats, pad_id: int, batch_size: int = 256, d
 
 def score(vlm, tokenizer, items, feats, device="cpu") -> dict:
     """Accuracy overall and per question type of eval items ({"image", "type", "question", "answer"})."""
-    convs = [(it["image"], [{"role": "user", "content": "<image>\n" + it["question"]},
+    convs = [(it["image"], [{"role": "user", "content": user_turn(it["question"], vlm.config.layout)},
                             {"role": "assistant", "content": it["answer"]}]) for it in items]
     ok = exact_match(vlm, encode(vlm, tokenizer, convs), feats, tokenizer.pad_id, device=device)
     by_type = {}
@@ -108,5 +108,5 @@ def caption_items(scenes, seed: int) -> list:
         lang = rng.choice(["zh", "en"])
         msgs = caption_messages(s, lang)
         out.append({"image": i, "type": "caption", "lang": lang,
-                    "question": CAPTION_PROMPTS[lang].split("\n", 1)[1], "answer": msgs[1]["content"]})
+                    "question": CAPTION_PROMPTS[lang], "answer": msgs[1]["content"]})
     return out

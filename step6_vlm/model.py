@@ -25,10 +25,12 @@ FREEZE_TABLE = {
     "pretrain": ("frozen",        "trained",   "stage1"),   # image → caption: align image tokens with words
     "sft":      ("frozen",        "trained",   "all"),      # image + question → answer: learn to follow
 }
-# What "stage1" means for the LLM is a choice, named here: seed 004 trains the last few layers;
-# seed 002 (minimind-v, LLaVA-1) keeps the LLM frozen and trains only the projection; "all" trains everything.
+# What "stage1" means for the LLM is a choice, named here: seed 002 (minimind-v, LLaVA-1) keeps the LLM frozen
+# and trains only the projection; seed 004 trains the last few layers ("last_n"); "all" trains everything.
+# The default is "frozen": measured here, training the last layers on captions made the question answering
+# of stage 2 much slower to learn (README problem 4), while a frozen LLM cost nothing.
 STAGE1_LLM_CHOICES = ("last_n", "frozen", "all")
-DEFAULT_STAGE1_LLM, DEFAULT_LAST_N = "last_n", 2
+DEFAULT_STAGE1_LLM, DEFAULT_LAST_N = "frozen", 2
 
 
 def llm_trainable_names(llm: GPT, setting: str, last_n: int = DEFAULT_LAST_N) -> set:
@@ -86,7 +88,8 @@ class VLMConfig:
     projector: str = "linear"    # "linear" (LLaVA-1, no bias) or "mlp" (Linear–GELU–Linear)
     image_tokens: str = "all"    # "all" patches (LLaVA), or "first" / "mean": one token (seed 000's bug / fix)
     feature_layer: int = -2      # which encoder layer's hidden states (LLaVA: second to last)
-    image_positions: str = "none"  # "learned": a trained vector per image-token slot added after the projection
+    image_positions: str = "learned"  # "learned": a trained vector per image-token slot after the projection; "none"
+    layout: str = "question-first"  # where <image> goes in a user turn: after the question, or "image-first" (LLaVA)
 
     @classmethod
     def from_dict(cls, d: dict) -> "VLMConfig":
@@ -114,6 +117,8 @@ class VLM(nn.Module):
         self.config, self.llm, self.vision = config, llm, vision
         if config.image_positions not in ("none", "learned"):
             raise CourseError(f"unknown image_positions {config.image_positions!r}; choose none or learned")
+        if config.layout not in ("question-first", "image-first"):
+            raise CourseError(f"unknown layout {config.layout!r}; choose question-first or image-first")
         self.projection = make_projection(config.projector, config.vision_dim, llm.config.n_embd)
         # Which slot (grid cell) an image token is. The LLM's RoPE only gives distances, and the question's
         # length moves those; a patch feature must say where it is itself. The small CLIP of stage 0 mostly
@@ -248,7 +253,7 @@ def load_vlm(path, device="cpu", with_vision: bool = True, vision_encoder: str |
 
 def demo():
     from transformers import CLIPVisionConfig, CLIPVisionModel
-    from step6_vlm.data import CAPTION_PROMPTS, IMAGE_SIZE, render_scene
+    from step6_vlm.data import IMAGE_SIZE, caption_messages, render_scene
     from step6_vlm.vision import CLIP_DIR, load_vision_encoder, preprocess
     from step1_tokenizer.model import load_tokenizer
     from common.world import random_scene
@@ -271,12 +276,12 @@ def demo():
     vc = vision.config
     cfg = VLMConfig(src, vc.hidden_size, (vc.image_size // vc.patch_size) ** 2, vc.image_size, image_token_id(tok))
     vlm = VLM(GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size)), cfg, vision).eval()
-    img = render_scene(random_scene(random.Random(0)))
+    scene = random_scene(random.Random(0))
+    img = render_scene(scene)
     pv = preprocess(proc, [img])                                        # (1, 3, H, W)
     feats = vlm.encode_images(pv)                                       # (1, P, D)
     emb = vlm.image_embeds(feats)                                       # (1, P, C)
-    ids, labels = build_example(vlm, tok, [{"role": "user", "content": CAPTION_PROMPTS["zh"]},
-                                           {"role": "assistant", "content": "图中有1个图形：中间是一个大的红色圆形。"}])
+    ids, labels = build_example(vlm, tok, caption_messages(scene, "zh", cfg.layout))
     logits, loss = vlm(torch.tensor([ids]), image_features=feats)
     g, P, D, C = vc.image_size // vc.patch_size, cfg.n_patches, cfg.vision_dim, vlm.llm.config.n_embd
     b16 = CLIPVisionConfig(patch_size=16)  # openai/clip-vit-base-patch16's shapes, for comparison
@@ -285,10 +290,11 @@ def demo():
   image 图片  {tuple(pv.shape)}  ({vc.image_size}×{vc.image_size} pixels; the world's 3×3 grid = {g}×{g} patches of {vc.patch_size} px)
       ↓  Vision Encoder: CLIP ViT, {vc.num_hidden_layers} layers, FROZEN 冻结   → hidden states of layer {cfg.feature_layer}, CLS dropped
   patch features  {tuple(feats.shape)}  = {P} patches × {D}     (ViT-B/16 at 224²: {(b16.image_size // 16) ** 2} × {b16.hidden_size})
-      ↓  Projection: {vlm.projection}   TRAINED 可训练
+      ↓  Projection: {vlm.projection}, + one learned vector per slot ({cfg.image_positions})   TRAINED 可训练
   image tokens    {tuple(emb.shape)}  = {P} tokens × {C} (the GPT's width)
       ↓  "<image>" in the prompt → {P} placeholder ids, their embeddings replaced by the image tokens
-  sequence  [<|im_start|>user\\n img_1 … img_{P} \\n这个图像中有什么内容？<|im_end|> … answer]  = {len(ids)} positions
+  sequence  [<|im_start|>user\\n这个图像中有什么内容？\\n img_1 … img_{P} <|im_end|> … answer]  = {len(ids)} positions
+            (layout {cfg.layout}: the question comes first, so every image token can attend to it)
       ↓  LLM: course GPT, {vlm.llm.config.n_layer} layers × {C} wide
   logits  {tuple(logits.shape)}  → text 文本输出
   labels: −100 on {sum(1 for t in labels if t == -100)} of {len(labels)} positions (prompt, template, all {P} image tokens)
@@ -298,9 +304,10 @@ def demo():
     print(f"  {'stage':<10}" + "".join(f"{h:<24}" for h in ("vision encoder", "projection", "LLM")))
     for stage in FREEZE_TABLE:
         n = apply_freeze(vlm, stage)
-        words = [w if w != "stage1" else f"{DEFAULT_STAGE1_LLM}={DEFAULT_LAST_N}" for w in FREEZE_TABLE[stage]]
+        words = [w if w != "stage1" else DEFAULT_STAGE1_LLM for w in FREEZE_TABLE[stage]]
         print(f"  {stage:<10}" + "".join(f"{w:<11}{n[k]:>11,}  " for w, k in zip(words, cols)))
-    total = {k: sum(p.numel() for p in getattr(vlm, k).parameters()) for k in cols}
+    total = {k: sum(p.numel() for p in ps) for k, ps in
+             (("vision", vlm.vision.parameters()), ("projection", connector_params(vlm)), ("llm", vlm.llm.parameters()))}
     print(f"  {'(total)':<10}" + "".join(f"{'':<11}{total[k]:>11,}  " for k in cols))
 
 

@@ -23,7 +23,7 @@ from common.device import autocast, pick_device, pick_dtype, seed_everything
 from common.errors import CourseError
 from common.training import RunLogger, lr_at, print_summary
 from step2_gpt.model import GPT, GPTConfig, load_gpt
-from step6_vlm.data import (caption_messages, eval_items, image_key, load_image, load_real_data, qa_conversation,
+from step6_vlm.data import (LAYOUTS, caption_messages, eval_items, image_key, load_image, load_real_data, qa_examples,
                             world_splits)
 from step6_vlm.loop import batches, caption_items, collate, encode, oracle_features, score, world_features
 from step6_vlm.model import (DEFAULT_LAST_N, DEFAULT_STAGE1_LLM, STAGE1_LLM_CHOICES, VLM, VLMConfig, apply_freeze,
@@ -36,7 +36,7 @@ OUT = {"pretrain": RUNS_DIR / "vlm_pretrain", "sft": RUNS_DIR / "vlm_sft"}
 # steps, batch size, LLM lr, projection lr per stage on the data world: the configuration measured in the
 # README (a shared 2-core CPU). Longer runs (--max-steps, --epochs) are what a free machine should use.
 PLAN = {"pretrain": dict(steps=80, batch=64, lr=1e-3, proj_lr=2e-3),
-        "sft": dict(steps=650, batch=32, lr=1e-3, proj_lr=1e-3)}
+        "sft": dict(steps=2000, batch=32, lr=1e-3, proj_lr=1e-3)}
 
 
 def parse():
@@ -47,9 +47,10 @@ def parse():
     a("--vision-encoder", default=None, help=f"视觉编码器 HF id or folder (default: openai/clip-vit-base-patch16 if cached, else {CLIP_DIR})")
     a("--projector", default="linear", choices=("linear", "mlp"), help="投影层 linear (LLaVA-1, no bias) or mlp")
     a("--image-tokens", default="all", choices=("all", "first", "mean"), help="图像token all patches / first patch / mean-pooled")
-    a("--image-positions", default="none", choices=("none", "learned"), help="图像token位置向量 none / learned (one trained vector per image-token slot)")
+    a("--image-positions", default="learned", choices=("none", "learned"), help="图像token位置向量 learned (one trained vector per image-token slot) / none (LLaVA)")
+    a("--layout", default="question-first", choices=LAYOUTS, help="<image> 放在问题之后 question-first / 之前 image-first (LLaVA)")
     a("--feature-layer", type=int, default=-2, help="特征层 encoder layer whose patch states are used (LLaVA: -2)")
-    a("--stage1-llm", default=DEFAULT_STAGE1_LLM, choices=STAGE1_LLM_CHOICES, help="阶段1 LLM: last_n layers / frozen / all")
+    a("--stage1-llm", default=DEFAULT_STAGE1_LLM, choices=STAGE1_LLM_CHOICES, help="阶段1 LLM: frozen (default; LLaVA-1) / last_n layers (seed 004) / all")
     a("--last-n", type=int, default=DEFAULT_LAST_N, help="阶段1 训练最后几层 LLM layers trained in stage 1")
     a("--images", type=int, default=8000, help="训练图像数 training pictures of the data world")
     a("--eval-images", type=int, default=400, help="评估图像数 held-out pictures (and 300 held-out combinations)")
@@ -94,43 +95,53 @@ def init_llm(init=None, quick: bool = False):
     return GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size, n_layer=2)), tok, "untrained (--quick)"
 
 
+def fit(vlm, tok, examples, feats, stage: str, steps: int, batch: int, lr: float, proj_lr: float, stage1_llm: str,
+        last_n: int, seed: int, device, dtype=torch.float32, log=None, pixels=None) -> dict:
+    """The loop of one stage (train.py and ablate.py): freeze by the table, AdamW with the projection column at its
+    own learning rate, warmup + cosine, clipping. `pixels` (N, 3, H, W): run the frozen encoder every step
+    instead of reading cached features (slow; for the bench). Returns the final loss, the projection's gradient
+    norm at the first step (> 0, or the image path is cut) and the training time."""
+    apply_freeze(vlm, stage, stage1_llm, last_n)
+    proj_params = [p for p in connector_params(vlm) if p.requires_grad]
+    llm_params = [p for p in vlm.llm.parameters() if p.requires_grad]
+    groups = [{"params": proj_params, "base": proj_lr}] + ([{"params": llm_params, "base": lr}] if llm_params else [])
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    it, grad0, t0 = batches(examples, batch, seed), None, time.perf_counter()
+    for step in range(steps):
+        vlm.train()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, max_lr=g["base"], total_steps=steps, warmup_steps=min(50, steps // 10))
+        x, y, idx = collate(next(it), tok.pad_id)                      # (B, T), (B, T), (B,)
+        with autocast(device, dtype):
+            if pixels is not None:
+                _, loss = vlm(x.to(device), y.to(device), pixel_values=pixels[idx].to(device))
+            else:
+                _, loss = vlm(x.to(device), y.to(device), image_features=feats[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad0 is None:
+            grad0 = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in proj_params if p.grad is not None)))
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+        opt.step()
+        if log is not None:
+            log.train_step(step, loss.item(), opt.param_groups[-1]["lr"], tokens=int((y != -100).sum()))
+    return {"loss": loss.item(), "proj_grad0": grad0, "train_s": time.perf_counter() - t0}
+
+
 def train_stage(stage, vlm, tok, train_ex, feats, args, out, dev, dtype, evaluate) -> dict:
-    """One stage: freeze by the table, AdamW on what is trainable, cosine LR, progress bar, eval, checkpoint."""
+    """One stage of train.py: its PLAN (or the command line's steps/batch/lr), progress bar, eval, checkpoint."""
     plan = dict(PLAN[stage])
     if args.quick:
         plan.update(steps=12, batch=8)
     steps, bs = args.max_steps or plan["steps"], args.batch_size or plan["batch"]
     if args.epochs:
         steps = max(1, int(args.epochs * len(train_ex) / bs))
-    counts = apply_freeze(vlm, stage, args.stage1_llm, args.last_n)
-    print(f"[{stage}] trainable parameters: {counts}", file=sys.stderr)
     lr = args.lr or plan["lr"]
-    proj_params = [p for p in connector_params(vlm) if p.requires_grad]
-    llm_params = [p for p in vlm.llm.parameters() if p.requires_grad]
-    groups = [{"params": proj_params, "base": plan["proj_lr"] * lr / plan["lr"]}]
-    if llm_params:
-        groups.append({"params": llm_params, "base": lr})
-    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+    print(f"[{stage}] trainable parameters: {apply_freeze(vlm, stage, args.stage1_llm, args.last_n)}", file=sys.stderr)
     log = RunLogger(out, steps, desc=f"stage {stage}")  # the checkpoint saved at the end keeps these logs
-    it = batches(train_ex, bs, args.seed)
-    t0 = time.perf_counter()
-    for step in range(steps):
-        vlm.train()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, max_lr=g["base"], total_steps=steps, warmup_steps=min(50, steps // 10))
-        x, y, idx = collate(next(it), tok.pad_id)
-        with autocast(dev, dtype):
-            if args.no_cache:  # the slow way: run the frozen encoder on this batch's pictures every step
-                _, loss = vlm(x.to(dev), y.to(dev), pixel_values=args.pixels[idx].to(dev))
-            else:
-                _, loss = vlm(x.to(dev), y.to(dev), image_features=feats[idx].to(dev))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
-        opt.step()
-        log.train_step(step, loss.item(), opt.param_groups[-1]["lr"], tokens=int((y != -100).sum()))
-    train_s = time.perf_counter() - t0
-    metrics = {f"{stage}_steps": steps, f"{stage}_train_s": round(train_s, 1), f"{stage}_final_loss": round(loss.item(), 4)}
+    r = fit(vlm, tok, train_ex, feats, stage, steps, bs, lr, plan["proj_lr"] * lr / plan["lr"], args.stage1_llm,
+            args.last_n, args.seed, dev, dtype, log, args.pixels if args.no_cache else None)
+    metrics = {f"{stage}_steps": steps, f"{stage}_train_s": round(r["train_s"], 1), f"{stage}_final_loss": round(r["loss"], 4)}
     metrics.update(evaluate(vlm))
     log.eval(steps, **{k: v for k, v in metrics.items() if not isinstance(v, dict)})
     log.close()
@@ -154,7 +165,7 @@ def main():
     summary = {"stages_run": stages}
     if "clip" in stages:
         from step6_vlm.train_clip import train_clip
-        m = train_clip(CLIP_DIR if not args.out else pathlib.Path(args.out) / "clip", steps=40 if args.quick else 400,
+        m = train_clip(CLIP_DIR if not args.out else pathlib.Path(args.out) / "clip", **({"steps": 40} if args.quick else {}),
                        n_images=n_train, seed=args.seed, device=args.device, splits=sp)
         print(f"[clip] zero-shot retrieval {m['clip_retrieval_acc']:.1%}, linear probe {m['probe_layer_-2']}", file=sys.stderr)
         summary.update(m)
@@ -169,7 +180,7 @@ def main():
                                       use_cache=not args.no_cache, cache_root=args.cache_dir)
         print(f"features {tuple(feats.shape)} from {enc_name} ({n_enc} pictures encoded, the rest from the cache)", file=sys.stderr)
     test_off, combo_off = n_train, n_train + n_test
-    real = load_real_data(args.data) if args.data else None
+    real = load_real_data(args.data, args.layout) if args.data else None
     if real:  # real images go through the same cache, keyed by file content, after the world's pictures
         keys = [image_key(r["image"]) for r in real]
         by_key = dict(zip(keys, (r["image"] for r in real)))
@@ -186,7 +197,7 @@ def main():
     image_token_id(tok)
     vc = vision.config
     cfg = VLMConfig(enc_name, vc.hidden_size, feats.shape[1], size, image_token_id(tok), args.projector,
-                    args.image_tokens, args.feature_layer, args.image_positions)
+                    args.image_tokens, args.feature_layer, args.image_positions, args.layout)
     test_items = [dict(it, image=it["image"] + test_off) for it in eval_items(sp.test, args.seed)]
     combo_items = [dict(it, image=it["image"] + combo_off) for it in eval_items(sp.combo, args.seed, combo=True)]
     caps = [dict(it, image=it["image"] + test_off) for it in caption_items(sp.test, args.seed)]
@@ -218,9 +229,9 @@ def main():
         if real:
             convs = [(real_off + i, r["messages"]) for i, r in enumerate(real)]
         elif stage == "pretrain":
-            convs = [(i, caption_messages(s, lang)) for i, s in enumerate(sp.train) for lang in ("zh", "en")]
-        else:
-            convs = [(i, qa_conversation(s, rng)) for _ in range(3) for i, s in enumerate(sp.train)]
+            convs = [(i, caption_messages(s, lang, vlm.config.layout)) for i, s in enumerate(sp.train) for lang in ("zh", "en")]
+        else:  # about 3 one-question conversations per picture
+            convs = [(i, c) for i, s in enumerate(sp.train) for c in qa_examples(s, rng, vlm.config.layout)]
         m = train_stage(stage, vlm, tok, encode(vlm, tok, convs), feats, args, outs[stage], dev, dtype, evaluate)
         print(f"[{stage}] held-out VQA {m['vqa_accuracy']:.1%} {m['vqa_accuracy_by_type']}  held-out combinations "
               f"{m['heldout_combo_accuracy']:.1%} {m['heldout_combo_by_type']}  captions {m['caption_accuracy']:.1%}  "

@@ -162,9 +162,9 @@ def linear_probe(train_feats, train_scenes, test_feats, test_scenes, steps: int 
     return out
 
 
-def train_clip(out=CLIP_DIR, steps: int = 400, batch_pairs: int = 128, lr: float = 2e-3, width: int = 128,
+def train_clip(out=CLIP_DIR, steps: int = 1000, batch_pairs: int = 128, lr: float = 2e-3, width: int = 128,
                layers: int = 4, n_images: int = 8000, seed: int = 1337, device: str = "cpu", log=True,
-               splits=None, shape_twins: int = 1) -> dict:
+               splits=None, shape_twins: int = 3) -> dict:
     """Train, evaluate (retrieval + probe), save. Returns the metrics."""
     from transformers import CLIPModel
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -242,11 +242,11 @@ def train_clip(out=CLIP_DIR, steps: int = 400, batch_pairs: int = 128, lr: float
 def main():
     p = course_parser("Stage 0: train a small CLIP on the data world (阶段0：在玩具世界上对比学习训练小CLIP)",
                       out=str(CLIP_DIR), lr=2e-3)
-    p.add_argument("--steps", type=int, default=400, help="优化步数 contrastive training steps")
+    p.add_argument("--steps", type=int, default=1000, help="优化步数 contrastive training steps")
     p.add_argument("--width", type=int, default=128, help="编码器宽度 transformer width of both towers")
     p.add_argument("--layers", type=int, default=4, help="视觉层数 vision transformer layers")
     p.add_argument("--images", type=int, default=8000, help="训练图像数 number of training scenes")
-    p.add_argument("--shape-twins", type=int, default=1, help="形状孪生权重 draw a shape-changed twin this many times as often as each other kind")
+    p.add_argument("--shape-twins", type=int, default=3, help="形状孪生权重 draw a shape-changed twin this many times as often as each other kind")
     args = p.parse_args()
     if args.shape_twins < 1:
         raise CourseError("--shape-twins is a weight: use 1 or more")

@@ -33,13 +33,16 @@ def test_resume_takes_the_run_settings_from_the_checkpoint(tmp_path):
     assert run(args)["steps"] == 8
 
 
-def test_qk_norm_flag_reaches_the_model_and_survives_resume(tmp_path):
+def test_qk_norm_is_the_default_and_no_qk_norm_survives_resume(tmp_path):
     data = write_text(tmp_path)
-    run(tiny_args(tmp_path, data, "--qk-norm", "--stop-at", "3", steps=6))
-    ck = load_checkpoint(tmp_path / "out")
+    run(tiny_args(tmp_path, data, "--stop-at", "1", out="default", steps=2))
+    ck = load_checkpoint(tmp_path / "default")
     assert ck.model_config["qk_norm"] is True and any(".q_norm." in k for k in ck.state_dict)
+    run(tiny_args(tmp_path, data, "--no-qk-norm", "--stop-at", "3", steps=6))
+    assert load_checkpoint(tmp_path / "out").model_config["qk_norm"] is False
     run(["--resume", "--device", "cpu", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
-    assert load_checkpoint(tmp_path / "out").model_config["qk_norm"] is True
+    ck = load_checkpoint(tmp_path / "out")
+    assert ck.model_config["qk_norm"] is False and not any(".q_norm." in k for k in ck.state_dict)
 
 
 def test_checkpoint_is_atomic_under_a_kill(tmp_path, monkeypatch):

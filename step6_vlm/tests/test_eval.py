@@ -7,7 +7,8 @@ import torch
 
 from common.errors import CourseError
 from common.world import COLORS, SHAPES, SIZES, Thing
-from step6_vlm.ablate import VARIANTS, build_variant, run_variant, train_stage
+from step6_vlm.ablate import VARIANTS, build_variant, run_variant
+from step6_vlm.train import fit
 from step6_vlm.debug import (asked_cell_attention, debug_batch, examples_for, last_query_attention,
                              loss_mask_lines, with_image_loss)
 from step6_vlm.eval import accuracy_by_type, check_answer, generate_answers, hallucination_stats, mentions, write_eval_md
@@ -64,7 +65,7 @@ def test_generation_and_table(tok, tmp_path):
     torch.manual_seed(0)
     vlm = make_vlm(tok).eval()
     feats = torch.randn(2, 9, 32)                                        # (N, P, D)
-    qs = [(0, "<image>\n描述这张图片"), (1, "<image>\nDescribe this image."), (1, "<image>\n描述这张图片")]
+    qs = [(0, "描述这张图片"), (1, "Describe this image."), (1, "描述这张图片")]   # the model places <image> itself
     out = generate_answers(vlm, tok, qs, feats, max_new_tokens=5)
     assert len(out) == 3 and all(isinstance(a, str) for a in out)
     res = {"pretrain": {"descriptions": ["short", "x", "y"]}, "sft": {"descriptions": ["long | text", "z", "w"]}}
@@ -163,6 +164,10 @@ def test_image_token_switches_change_what_the_llm_sees(tok):
     assert not torch.allclose(mean.image_embeds(f), mean.image_embeds(g))              # content is kept
     assert allp.image_embeds(f).shape == (2, 9, 64) and not torch.allclose(allp.image_embeds(f), allp.image_embeds(perm))
     assert first.llm is not gpt and first.llm is not mean.llm            # rows never share weights
+    image_first = build_variant(gpt, base.config, VARIANTS["image_first"][2])
+    no_pos = build_variant(gpt, base.config, VARIANTS["no_positions"][2])
+    assert (allp.config.layout, image_first.config.layout) == ("question-first", "image-first")
+    assert allp.image_pos is not None and no_pos.image_pos is None and no_pos.config.layout == "question-first"
 
 
 def test_mlp_and_image_loss_switches(tok):
@@ -184,11 +189,11 @@ def test_stage1_freeze_choices_train_what_they_claim(tok, setting, changed_block
     vlm = make_vlm(tok, n_layer=3)
     before = {n: p.detach().clone() for n, p in vlm.named_parameters()}
     ex = _batch(tok, vlm)
-    plan = dict(steps=2, batch=4, lr=1e-2, proj_lr=1e-2)
-    r = train_stage(vlm, tok, ex, torch.randn(4, 9, 32), "pretrain", plan, setting, 0, "cpu")
+    r = fit(vlm, tok, ex, torch.randn(4, 9, 32), "pretrain", steps=2, batch=4, lr=1e-2, proj_lr=1e-2,
+            stage1_llm=setting, last_n=2, seed=0, device="cpu")
     assert r["proj_grad0"] > 0
     moved = {n for n, p in vlm.named_parameters() if not torch.equal(p, before[n])}
-    assert {n for n in moved if n.startswith("projection.")} == {"projection.weight"}
+    assert {n for n in moved if not n.startswith("llm.")} == {"projection.weight", "image_pos"}
     assert {int(n.split(".")[2]) for n in moved if n.startswith("llm.blocks.")} == changed_blocks
     assert ("llm.tok_embeddings.weight" in moved) == (setting == "all")
 

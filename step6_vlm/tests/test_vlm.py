@@ -53,7 +53,7 @@ def test_features_land_exactly_on_placeholders(tok):
 
 def test_first_and_mean_modes_use_one_token(tok):
     feats = torch.randn(3, 9, 32)
-    first, mean = make_vlm(tok, image_tokens="first"), make_vlm(tok, image_tokens="mean")
+    first, mean = (make_vlm(tok, image_tokens=m, image_positions="none") for m in ("first", "mean"))
     mean.projection.load_state_dict(first.projection.state_dict())
     assert first.tokens_per_image == mean.tokens_per_image == 1
     assert torch.allclose(first.image_embeds(feats)[:, 0], first.projection(feats[:, 0]))
@@ -64,7 +64,7 @@ def test_first_and_mean_modes_use_one_token(tok):
 def test_learned_image_positions_mark_each_slot_train_with_the_projection_and_survive_saving(tok, tmp_path):
     from step6_vlm.model import load_vlm, save_vlm, trainable_counts
     same = torch.randn(1, 1, 32).expand(2, 9, 32)                          # (N, P, D): every patch alike
-    plain, placed = make_vlm(tok), make_vlm(tok, image_positions="learned")
+    plain, placed = make_vlm(tok, image_positions="none"), make_vlm(tok)   # learned positions are the default
     assert plain.image_pos is None and torch.allclose(plain.image_embeds(same)[:, 0], plain.image_embeds(same)[:, 4])
     e = placed.image_embeds(same)                                          # (N, 9, C)
     assert not torch.allclose(e[:, 0], e[:, 4])                            # the slots now differ...
@@ -81,6 +81,34 @@ def test_learned_image_positions_mark_each_slot_train_with_the_projection_and_su
         make_vlm(tok, image_positions="sinusoidal")
 
 
+def test_layout_puts_the_image_after_the_question_and_the_checkpoint_remembers_it(tok, tmp_path):
+    """question-first (the default): the 9 image tokens come after the question's tokens, so they can attend
+    to it; image-first is LLaVA's order. Training data, scoring and demo all follow the model's layout."""
+    import random
+    from step6_vlm.data import qa_examples, user_turn, world_splits
+    from step6_vlm.demo import prepare_prompt
+    from step6_vlm.model import load_vlm, save_vlm
+    q = "What color is the shape at the top left?"
+    for layout in ("question-first", "image-first"):
+        vlm = make_vlm(tok, layout=layout)
+        ids, labels = build_example(vlm, tok, [{"role": "user", "content": user_turn(q, layout)},
+                                               {"role": "assistant", "content": "red"}])
+        first_img = ids.index(tok.image_id)
+        before = tok.decode(ids[:first_img], skip_special=True)
+        assert (q in before) == (layout == "question-first")
+        assert ids[first_img:first_img + 9] == [tok.image_id] * 9 and all(labels[k] == -100 for k in range(first_img, first_img + 9))
+        assert prepare_prompt(q, 1, vlm.config.layout) == user_turn(q, layout)
+    save_vlm(tmp_path / "v", vlm, tok, "vlm_sft")
+    assert load_vlm(tmp_path / "v", with_vision=False)[0].config.layout == "image-first"
+    scene = world_splits(1, 1, 1, seed=0).train[0]
+    convs = qa_examples(scene, random.Random(0), "question-first", per_image=3)
+    assert 1 <= len(convs) <= 3 and all(len(c) == 2 and c[0]["content"].endswith("\n<image>") for c in convs)
+    with pytest.raises(CourseError, match="layout"):
+        make_vlm(tok, layout="image-last")
+    with pytest.raises(CourseError, match="layout"):
+        user_turn(q, "sideways")
+
+
 @pytest.mark.parametrize("stage1_llm", ["last_n", "frozen", "all"])
 def test_freeze_table_sets_exactly_the_expected_parameters(tok, clip_dir, stage1_llm):
     vlm = make_vlm(tok, clip_dir, n_layer=3)
@@ -92,10 +120,11 @@ def test_freeze_table_sets_exactly_the_expected_parameters(tok, clip_dir, stage1
     for stage in FREEZE_TABLE:
         counts = apply_freeze(vlm, stage, stage1_llm, last_n=2)
         trainable = {n for n, p in vlm.named_parameters() if p.requires_grad}
-        want = {"projection." + n for n, _ in vlm.projection.named_parameters()} | {"llm." + n for n in expected[stage]}
+        want = ({"projection." + n for n, _ in vlm.projection.named_parameters()} | {"image_pos"}
+                | {"llm." + n for n in expected[stage]})
         assert trainable == want, stage
         assert not any(p.requires_grad for p in vlm.vision.parameters())   # the encoder never learns
-        assert counts["vision"] == 0 and counts["projection"] == 32 * 64
+        assert counts["vision"] == 0 and counts["projection"] == 32 * 64 + 9 * 64   # matrix + slot positions
     assert llm_trainable_names(vlm.llm, "last_n", 2) == expected["pretrain"] if stage1_llm == "last_n" else True
 
 
@@ -125,7 +154,8 @@ def test_count_mismatch_and_bad_prompts(tok):
         vlm.splice(torch.tensor([ids2]), torch.randn(1, 9, 64))
     with pytest.raises(CourseError, match="2 <image> placeholders"):
         prepare_prompt("<image><image>描述这张图片", 1)
-    assert prepare_prompt("描述这张图片", 1)[0] == "<image>\n描述这张图片"   # a missing <image> is put in front
+    assert prepare_prompt("描述这张图片", 1) == "描述这张图片\n<image>"       # a missing <image> goes where the layout says
+    assert prepare_prompt("描述这张图片", 1, "image-first") == "<image>\n描述这张图片"
     with pytest.raises(CourseError, match="context"):
         build_example(vlm, tok, [{"role": "user", "content": "<image>\n" + "红色" * 30}])
     with pytest.raises(CourseError, match=r"image features must be"):
@@ -207,7 +237,7 @@ def test_huge_image_refused(tmp_path, monkeypatch):
 def test_short_seeded_run_learns_colors(tok, clip_dir, tmp_path):
     """Random-init tiny CLIP + tiny GPT, ~15 s: colour answers well above chance (1/8)."""
     from common.device import seed_everything
-    from step6_vlm.data import eval_items, question, world_splits
+    from step6_vlm.data import eval_items, question, user_turn, world_splits
     from step6_vlm.loop import batches, collate, encode, score, world_features
     from step6_vlm.vision import load_vision_encoder
     seed_everything(0)
@@ -222,7 +252,7 @@ def test_short_seeded_run_learns_colors(tok, clip_dir, tmp_path):
     for i, s in enumerate(sp.train):
         for t in s:
             q, a = question("color", s, rng, "en", target=t)
-            convs.append((i, [{"role": "user", "content": "<image>\n" + q}, {"role": "assistant", "content": a}]))
+            convs.append((i, [{"role": "user", "content": user_turn(q, vlm.config.layout)}, {"role": "assistant", "content": a}]))
     ex = encode(vlm, tok, convs)
     opt = torch.optim.AdamW([p for p in vlm.parameters() if p.requires_grad], lr=3e-3)
     it = batches(ex, 32, 0)
@@ -235,7 +265,7 @@ def test_short_seeded_run_learns_colors(tok, clip_dir, tmp_path):
     items = [dict(q, image=q["image"] + len(sp.train)) for q in eval_items(sp.test, 0) if q["type"] == "color"]
     acc = score(vlm, tok, items, feats)["overall"]
     print(f"colour accuracy {acc:.3f}")
-    assert acc >= 0.35, acc   # chance is 0.125 (8 colours); measured 0.583 with this seed (250 steps)
+    assert acc >= 0.35, acc   # chance is 0.125 (8 colours); measured 0.433 with this seed (250 steps)
 
 
 def _cli(*args, cwd=None):
@@ -275,8 +305,9 @@ def test_real_data_loaders(tmp_path):
     (tmp_path / "llava.json").write_text(json.dumps(llava, ensure_ascii=False))
     rows = load_real_data([tmp_path, tmp_path / "llava.json"])
     assert len(rows) == 3 and all(r["image"].is_file() for r in rows)
-    assert rows[0]["messages"][0]["content"] == "<image>\n这个图像中有什么内容？"
-    assert rows[2]["messages"][0]["content"] == "<image>\n这是什么？"       # placeholder put in front
+    assert rows[0]["messages"][0]["content"] == "这个图像中有什么内容？\n<image>"   # placeholder where the layout says
+    assert rows[2]["messages"][0]["content"] == "这是什么？\n<image>"
+    assert load_real_data([tmp_path / "llava.json"], "image-first")[0]["messages"][0]["content"] == "<image>\n这是什么？"
     assert image_key(rows[0]["image"]) == image_key(rows[2]["image"])       # same file content, same cache key
     llava[0]["conversations"][0]["value"] = "<image><image>两张？"
     (tmp_path / "two.json").write_text(json.dumps(llava, ensure_ascii=False))
