@@ -217,10 +217,18 @@ def quick_parts(scenes, device="cpu", seed: int = 0):
 
 
 def examples_for(vlm, tok, scenes, stage: str, seed: int, n: int) -> list:
+    """The first n training sequences of `stage`, one per picture in order. A picture whose one question has
+    no single answer ("where is the red star?" with two red stars) gives none, so the next picture is used."""
     rng = random.Random(seed)
     layout = vlm.config.layout
-    convs = [(i, caption_messages(s, rng.choice(["zh", "en"]), layout)) if stage == "pretrain" else
-             (i, qa_examples(s, rng, layout, per_image=1)[0]) for i, s in enumerate(scenes[:n])]
+    convs = []
+    for i, s in enumerate(scenes):
+        if len(convs) == n:
+            break
+        if stage == "pretrain":
+            convs.append((i, caption_messages(s, rng.choice(["zh", "en"]), layout)))
+        else:
+            convs += [(i, c) for c in qa_examples(s, rng, layout, per_image=1)]
     return encode(vlm, tok, convs)
 
 

@@ -106,6 +106,16 @@ def test_debug_figures_on_tiny_model(tok, mode, per_image):
     assert fig["feature_norm"] > 0 and fig["projected_norm"] > 0 and fig["text_embedding_norm"] > 0
 
 
+def test_debug_sft_batch_skips_pictures_without_a_single_answer(tok):
+    """Two red circles alike: "where is the red circle?" has no single answer, so that picture gives no
+    sequence; the batch still holds n sequences, from the next pictures (with seed 0: the 3rd, 4th, 7th)."""
+    twins = [Thing(C["red"], S["circle"], BIG, 0, 0), Thing(C["red"], S["circle"], BIG, 2, 2)]
+    vlm = make_vlm(tok)
+    ex = examples_for(vlm, tok, [twins] * 12, "sft", 0, 8)
+    assert len(ex) == 8 and [i for i, _, _ in ex] == [0, 1, 4, 5, 7, 8, 9, 10]
+    assert all(ids.count(tok.image_id) == 9 for _, ids, _ in ex)
+
+
 def test_loss_mask_is_printed_token_by_token(tok):
     vlm = make_vlm(tok)
     ex = _batch(tok, vlm, 1)
