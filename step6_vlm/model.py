@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from common.errors import CourseError
 from step2_gpt.model import GPT, GPTConfig
+from step6_vlm.data import LAYOUTS
 
 # ----------------------------------------------------------------------------------------------------
 # The two-stage freeze table (seed 004). Read a row as: in this stage, this part is frozen / trained.
@@ -117,8 +118,8 @@ class VLM(nn.Module):
         self.config, self.llm, self.vision = config, llm, vision
         if config.image_positions not in ("none", "learned"):
             raise CourseError(f"unknown image_positions {config.image_positions!r}; choose none or learned")
-        if config.layout not in ("question-first", "image-first"):
-            raise CourseError(f"unknown layout {config.layout!r}; choose question-first or image-first")
+        if config.layout not in LAYOUTS:
+            raise CourseError(f"unknown layout {config.layout!r}; choose one of {', '.join(LAYOUTS)}")
         self.projection = make_projection(config.projector, config.vision_dim, llm.config.n_embd)
         # Which slot (grid cell) an image token is. The LLM's RoPE only gives distances, and the question's
         # length moves those; a patch feature must say where it is itself. The small CLIP of stage 0 mostly
