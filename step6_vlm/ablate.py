@@ -12,7 +12,8 @@ steps. The rows:
   2. loss on image positions (seed 000's other change) vs none
   3. stage-1 freeze: projection only / projection + last 2 layers (seed 004) / whole LLM; one stage (SFT only) vs two
   4. linear vs MLP projection
-  5. the lookup: the image before the question (LLaVA's layout) / no learned image positions
+  5. the lookup: no lookup drill at the start of stage 2 / the image before the question (LLaVA's layout) /
+     no learned image positions
 """
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
@@ -31,7 +32,7 @@ from common.cli import course_parser, run
 from common.device import pick_device, seed_everything
 from common.errors import CourseError
 from common.training import print_summary
-from step6_vlm.data import caption_messages, cell_labels, eval_items, qa_examples, world_splits
+from step6_vlm.data import CURRICULUM, caption_messages, cell_labels, eval_items, sft_phases, world_splits
 from step6_vlm.debug import with_image_loss
 from step6_vlm.loop import caption_items, encode, score
 from step6_vlm.model import DEFAULT_LAST_N, DEFAULT_STAGE1_LLM, VLM, VLMConfig, image_token_id
@@ -43,10 +44,10 @@ from step6_vlm.train import fit, init_llm
 PLAN = {"pretrain": dict(steps=40, batch=32, lr=1e-3, proj_lr=2e-3), "sft": dict(steps=500, batch=32, lr=1e-3, proj_lr=1e-3)}
 QUICK_PLAN = {"pretrain": dict(steps=4, batch=8, lr=1e-3, proj_lr=2e-3), "sft": dict(steps=6, batch=8, lr=1e-3, proj_lr=1e-3)}
 
-# name: (group, what changes, overrides). Overrides: VLMConfig fields, stage1_llm, image_loss, stages.
+# name: (group, what changes, overrides). Overrides: VLMConfig fields, stage1_llm, image_loss, stages, curriculum.
 CONFIG_OVERRIDES = ("image_tokens", "projector", "image_positions", "layout")
 VARIANTS = {
-    "baseline":      ("", "baseline: all patches, linear, positions, question first, stage 1 = projection only", {}),
+    "baseline":      ("", "baseline: all patches, linear, positions, question first, stage 1 = projection only, lookup drill", {}),
     "first":         ("1 image tokens", "first patch only (seed 000 bug)", {"image_tokens": "first"}),
     "mean":          ("1 image tokens", "one mean-pooled token (seed 000 fix)", {"image_tokens": "mean"}),
     "image_loss":    ("2 loss on image positions", "loss on image positions too (seed 000)", {"image_loss": True}),
@@ -56,17 +57,18 @@ VARIANTS = {
     "mlp":           ("4 projection", "MLP projection (Linear-GELU-Linear)", {"projector": "mlp"}),
     "image_first":   ("5 the lookup", "image before the question (LLaVA layout)", {"layout": "image-first"}),
     "no_positions":  ("5 the lookup", "no learned image positions (LLaVA)", {"image_positions": "none"}),
+    "no_curriculum": ("5 the lookup", "stage 2 without the lookup drill (full mix from the first step)", {"curriculum": 0.0}),
 }
 # the order rows are run in (most telling first, so a stopped run has measured what matters most)
-ORDER = ["baseline", "first", "mean", "image_first", "no_positions", "image_loss", "stage1_last_n", "one_stage", "mlp",
+ORDER = ["baseline", "no_curriculum", "first", "mean", "image_first", "no_positions", "image_loss", "stage1_last_n", "one_stage", "mlp",
          "stage1_all"]
 # the groups of the table, each with the baseline as its reference row
 GROUPS = {"1 image tokens": ["baseline", "first", "mean"], "2 loss on image positions": ["baseline", "image_loss"],
           "3 stage-1 freeze": ["baseline", "stage1_last_n", "stage1_all", "one_stage"], "4 projection": ["baseline", "mlp"],
-          "5 the lookup": ["baseline", "image_first", "no_positions"]}
+          "5 the lookup": ["baseline", "no_curriculum", "image_first", "no_positions"]}
 BASELINE_LABEL = {"1 image tokens": "all patches (LLaVA, baseline)", "2 loss on image positions": "answer tokens only (baseline)",
                   "3 stage-1 freeze": "stage 1: projection only, LLM frozen (baseline; LLaVA-1/minimind-v)", "4 projection": "linear, no bias (baseline)",
-                  "5 the lookup": "question first, learned positions (baseline)"}
+                  "5 the lookup": "question first, learned positions, lookup drill (baseline)"}
 
 
 def build_variant(gpt, cfg: VLMConfig, overrides: dict) -> VLM:
@@ -85,16 +87,17 @@ def run_variant(name: str, ctx: dict) -> dict:
     out, t0 = {"row": name}, time.perf_counter()
     for stage in stages:
         if stage == "pretrain":
-            convs = [(i, caption_messages(s, lang, vlm.config.layout)) for i, s in enumerate(sp.train) for lang in ("zh", "en")]
+            phases = [([(i, caption_messages(s, lang, vlm.config.layout)) for i, s in enumerate(sp.train)
+                        for lang in ("zh", "en")], 1.0)]
         else:
-            convs = [(i, c) for i, s in enumerate(sp.train) for c in qa_examples(s, rng, vlm.config.layout)]
-        ex = encode(vlm, tok, convs)
+            phases = sft_phases(sp.train, rng, vlm.config.layout, ov.get("curriculum", CURRICULUM["share"]))
+        phases = [(encode(vlm, tok, convs), share) for convs, share in phases]
         if ov.get("image_loss"):
-            ex = with_image_loss(ex, vlm.config.image_token_id)
+            phases = [(with_image_loss(ex, vlm.config.image_token_id), share) for ex, share in phases]
         p = dict(plan[stage])
         if len(stages) == 1:  # one stage gets the steps of both, so it is not simply trained less
             p["steps"] = plan["pretrain"]["steps"] + plan["sft"]["steps"]
-        r = fit(vlm, tok, ex, feats, stage, p["steps"], p["batch"], p["lr"], p["proj_lr"], ov.get("stage1_llm", DEFAULT_STAGE1_LLM),
+        r = fit(vlm, tok, phases, feats, stage, p["steps"], p["batch"], p["lr"], p["proj_lr"], ov.get("stage1_llm", DEFAULT_STAGE1_LLM),
                 DEFAULT_LAST_N, ctx["seed"], dev)
         out[f"{stage}_proj_grad0"] = round(r["proj_grad0"], 5)
         out[f"{stage}_final_loss"] = round(r["loss"], 4)

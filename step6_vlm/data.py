@@ -150,18 +150,37 @@ def question(qtype: str, things, rng: random.Random, lang: str, target: Thing | 
 
 
 def qa_examples(things, rng: random.Random, layout: str = "question-first", per_image: int = 3,
-                describe_p: float = 0.15) -> list:
+                describe_p: float = 0.15, types=("color", "shape", "count", "position"), langs=("zh", "en")) -> list:
     """Stage-2 conversations about one image: up to `per_image` different question types (a description
     among them with probability `describe_p`), each its own one-question conversation in a random language,
     so every question sits where the layout puts it next to the picture. Evaluation asks one question too."""
-    types = ["color", "shape", "count", "position"] + (["describe"] if rng.random() < describe_p else [])
+    types = list(types) + (["describe"] if rng.random() < describe_p else [])
     rng.shuffle(types)
     convs = []
     for qt in types[:per_image]:
-        qa = question(qt, things, rng, rng.choice(["zh", "en"]))
+        qa = question(qt, things, rng, rng.choice(langs))
         if qa:  # a position question has no single answer when the scene has two things alike
             convs.append([{"role": "user", "content": user_turn(qa[0], layout)}, {"role": "assistant", "content": qa[1]}])
     return convs
+
+
+# Stage 2's curriculum on the data world. Colour and shape questions ("What shape is at the top left?") need the
+# LLM to find the cell the question names, and in the full mix of four question types in two languages that
+# skill comes last, after a long plateau. Drilled alone first (English colour and shape questions only, a fifth
+# of the steps), it is learned within those steps and the rest of stage 2 only has to add the other questions.
+# Measured (README 问题 7): colour and shape 100% after 2000 steps vs 56% and 19% without the drill, same seed.
+CURRICULUM = {"share": 0.2, "types": ("color", "shape"), "langs": ("en",)}
+
+
+def sft_phases(scenes, rng: random.Random, layout: str = "question-first", drill_share: float = CURRICULUM["share"]) -> list:
+    """Stage 2 on the data world as [(conversations, share of the stage's steps)]: the lookup drill (when
+    `drill_share` > 0), then the full mix. Conversations are (scene index, messages)."""
+    full = [(i, c) for i, s in enumerate(scenes) for c in qa_examples(s, rng, layout)]
+    if drill_share <= 0:
+        return [(full, 1.0)]
+    drill = [(i, c) for i, s in enumerate(scenes) for c in qa_examples(s, rng, layout, per_image=2, describe_p=0.0,
+                                                                        types=CURRICULUM["types"], langs=CURRICULUM["langs"])]
+    return [(drill, drill_share), (full, 1.0 - drill_share)]
 
 
 def cell_labels(scenes) -> torch.Tensor:
@@ -403,7 +422,7 @@ def load_real_data(sources, layout: str = "question-first") -> list:
 
 
 __all__ = ["IMAGE_SIZE", "CELL", "GRID", "HELDOUT_COMBOS", "CAPTION_PROMPTS", "DESCRIBE_PROMPTS", "QUESTION_TYPES",
-           "LAYOUTS", "user_turn", "render_scene", "caption_messages", "question", "qa_examples", "world_splits", "eval_items",
+           "LAYOUTS", "user_turn", "render_scene", "caption_messages", "question", "qa_examples", "CURRICULUM", "sft_phases", "world_splits", "eval_items",
            "load_image", "to_rgb", "load_llava_json", "load_caption_folder", "load_hf_captions", "load_real_data",
            "scene_key", "file_key", "allowed_in_training", "COLORS", "SHAPES", "SIZES", "POSITIONS"]
 

@@ -8,8 +8,9 @@
 
 Prints: where the image tokens sit, placeholders vs features, feature norms before/after the projection
 (next to the word embeddings' norm), the projection's gradient norm after one step, the loss mask token by
-token, and (6) whether the answer position looks at the patch a question asks about — the check that tells
-"the model reads the picture as a whole" (count right, colour/shape/position guessed) from "it finds the cell".
+token, (6) whether the answer position looks at the patch a question asks about — the check that tells
+"the model reads the picture as a whole" (count right, colour/shape/position guessed) from "it finds the cell" —
+and (7) the same for "where is the red star?", where the patch must be found by its content among the other things.
 """
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
@@ -122,37 +123,50 @@ def last_query_attention(attn, h: torch.Tensor, cos, sin) -> torch.Tensor:
 
 
 @torch.no_grad()
-def asked_cell_attention(vlm: VLM, tok, scenes, feats: torch.Tensor, seed: int = 0, device="cpu") -> dict:
-    """For a colour or shape question about one thing ("What color is the shape at the top left?"), how much
-    of the answer position's attention lands on that thing's patch? Per layer, the best head's share of all
-    attention and of the attention on image tokens (chance: 1 of the P patches). Needs all-patch image tokens."""
-    from step6_vlm.data import question
+def asked_cell_attention(vlm: VLM, tok, scenes, feats: torch.Tensor, seed: int = 0, device="cpu", by: str = "cell") -> dict:
+    """How much of the answer position's attention lands on the patch a question is about? by="cell": colour or
+    shape questions that name the cell ("What color is the shape at the top left?"); by="content": position
+    questions that name the thing ("Where is the red star?", pictures with ≥ 2 things), where the other occupied
+    patches are the distractors. Per layer, the best head's share of all attention, of the attention on image
+    tokens (chance: 1 of the P patches) and, for by="content", its mean on each other occupied patch."""
+    from step6_vlm.data import _unique_things, question
     from step6_vlm.train_clip import cell_patch_index
     from step6_vlm.model import build_example
     rng = random.Random(seed)
     L, H, P = vlm.llm.config.n_layer, vlm.llm.config.n_head, vlm.config.n_patches
-    on_cell, on_image = torch.zeros(L, H), torch.zeros(L, H)
+    on_cell, on_image, on_other, n = torch.zeros(L, H), torch.zeros(L, H), torch.zeros(L, H), 0
     vlm.eval()
     for i, s in enumerate(scenes):
-        t = rng.choice(s)
-        q, _ = question(rng.choice(["color", "shape"]), s, rng, rng.choice(["zh", "en"]), target=t)
+        if by == "cell":
+            t = rng.choice(s)
+            q, _ = question(rng.choice(["color", "shape"]), s, rng, rng.choice(["zh", "en"]), target=t)
+        else:
+            if len(s) < 2 or not _unique_things(s):
+                continue
+            t = rng.choice(_unique_things(s))
+            q, _ = question("position", s, rng, rng.choice(["zh", "en"]), target=t)
         ids, _ = build_example(vlm, tok, [{"role": "user", "content": user_turn(q, vlm.config.layout)}], add_generation_prompt=True)
         x = torch.tensor([ids], device=device)
         h = vlm.splice(x, vlm.image_embeds(feats[i:i + 1].to(device)))       # (1, T, C)
         start = ids.index(vlm.config.image_token_id)
         cell = start + cell_patch_index(P)[t.row * 3 + t.col]
+        others = [start + cell_patch_index(P)[o.row * 3 + o.col] for o in s if o is not t]
         cos, sin = vlm.llm.rope_cos[:h.shape[1]], vlm.llm.rope_sin[:h.shape[1]]
         for layer, block in enumerate(vlm.llm.blocks):
             p = last_query_attention(block.attn, block.attn_norm(h), cos, sin)  # (H, T)
             on_cell[layer] += p[:, cell].cpu()
             on_image[layer] += p[:, start:start + P].sum(-1).cpu()
+            if others:
+                on_other[layer] += p[:, others].mean(-1).cpu()
             h = block(h, cos, sin)
-    on_cell, on_image = on_cell / len(scenes), on_image / len(scenes)
+        n += 1
+    on_cell, on_image, on_other = on_cell / max(n, 1), on_image / max(n, 1), on_other / max(n, 1)
     best = on_cell.argmax(1)                                                   # (L,) the head that looks most
-    return {"questions": len(scenes), "chance_share_of_image": round(1 / P, 4),
+    return {"questions": n, "by": by, "chance_share_of_image": round(1 / P, 4),
             "per_layer": [{"layer": l, "head": int(best[l]), "on_cell": round(float(on_cell[l, best[l]]), 4),
                            "on_image": round(float(on_image[l, best[l]]), 4),
                            "share_of_image": round(float(on_cell[l, best[l]] / on_image[l, best[l]].clamp_min(1e-9)), 4)}
+                          | ({"on_each_other_thing": round(float(on_other[l, best[l]]), 4)} if by == "content" else {})
                           for l in range(L)]}
 
 
@@ -184,6 +198,14 @@ def report(fig: dict) -> str:
             good = r["share_of_image"] > 3 * look["chance_share_of_image"] and r["on_image"] > 0.2
             lines.append(f"   {ok(good)}layer {r['layer']} head {r['head']}: {r['on_cell']:.0%} of its attention on the asked "
                          f"patch, {r['on_image']:.0%} on the image ({r['share_of_image']:.0%} of that on the asked patch)")
+    look = fig.get("named_thing_attention")
+    if look:
+        lines.append(f"7. the same for {look['questions']} position questions (\"Where is the red star?\", ≥ 2 things): does the "
+                     f"answer position pick the named thing's patch over the other things' patches?")
+        for r in look["per_layer"]:
+            good = r["on_cell"] > 2 * r["on_each_other_thing"] and r["on_image"] > 0.2
+            lines.append(f"   {ok(good)}layer {r['layer']} head {r['head']}: {r['on_cell']:.0%} on the named thing's patch, "
+                         f"{r['on_each_other_thing']:.0%} on each other thing's patch, {r['on_image']:.0%} on the image")
     return "\n".join(lines)
 
 
@@ -264,17 +286,17 @@ def main():
             cfg = VLMConfig(enc, vc.hidden_size, (vc.image_size // vc.patch_size) ** 2, vc.image_size, image_token_id(tok),
                             args.projector, args.image_tokens or "all")
             vlm, src = VLM(gpt, cfg).to(dev), f"fresh VLM: LLM {src}, encoder {enc}"
-        scenes = world_splits(8000, 400, 300, seed=args.seed).train[:max(args.batch_size, 64)]  # train.py's pictures: cached; 64 for check 6
+        scenes = world_splits(8000, 400, 300, seed=args.seed).train[:max(args.batch_size, 64)]  # train.py's pictures: cached; 64 for checks 6 and 7
         vision, proc = load_vision_encoder(vlm.config.vision_encoder, dev)
         feats, _ = world_features(vision, proc, scenes, vlm.config.vision_encoder, vlm.config.feature_layer, image_size(proc))
     ex = examples_for(vlm, tok, scenes, args.stage, args.seed, args.batch_size)
     if args.image_loss:
         ex = with_image_loss(ex, vlm.config.image_token_id)
-    # check 6 first: debug_batch's training step changes the model. It needs one token per patch.
-    look = asked_cell_attention(vlm, tok, scenes, feats, args.seed, dev) if vlm.config.image_tokens == "all" else None
-    fig = debug_batch(vlm, tok, ex, feats, args.stage, args.lr, device=dev)
-    if look:
-        fig["asked_cell_attention"] = look
+    # checks 6 and 7 first: debug_batch's training step changes the model. They need one token per patch.
+    looks = ({"asked_cell_attention": asked_cell_attention(vlm, tok, scenes, feats, args.seed, dev),
+              "named_thing_attention": asked_cell_attention(vlm, tok, scenes, feats, args.seed, dev, by="content")}
+             if vlm.config.image_tokens == "all" else {})
+    fig = debug_batch(vlm, tok, ex, feats, args.stage, args.lr, device=dev) | looks
     print(f"== image path check on one batch of {len(ex)} ({args.stage} data), model: {src}\n", file=sys.stderr)
     print(report(fig), file=sys.stderr)
     print_summary(**{k: v for k, v in fig.items() if k != "loss_mask_seq0"})

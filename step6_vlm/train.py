@@ -1,5 +1,6 @@
 """Train the VLM in stages: 0 = small CLIP (only when no pretrained CLIP is at hand), 1 = pretrain
-(image → caption), 2 = SFT (image + question → answer). Which parameters learn is FREEZE_TABLE in model.py.
+(image → caption), 2 = SFT (image + question → answer; on the data world it starts with a short drill of English
+colour/shape questions, data.CURRICULUM). Which parameters learn is FREEZE_TABLE in model.py.
 
     python train.py                              # runs the missing stages: clip → pretrain → sft (CPU ~15 min)
     python train.py --stage sft                  # one stage
@@ -23,8 +24,8 @@ from common.device import autocast, pick_device, pick_dtype, seed_everything
 from common.errors import CourseError
 from common.training import RunLogger, lr_at, print_summary
 from step2_gpt.model import GPT, GPTConfig, load_gpt
-from step6_vlm.data import (LAYOUTS, caption_messages, eval_items, image_key, load_image, load_real_data, qa_examples,
-                            world_splits)
+from step6_vlm.data import (CURRICULUM, LAYOUTS, caption_messages, eval_items, image_key, load_image, load_real_data,
+                            sft_phases, world_splits)
 from step6_vlm.loop import batches, caption_items, collate, encode, oracle_features, score, world_features
 from step6_vlm.model import (DEFAULT_LAST_N, DEFAULT_STAGE1_LLM, STAGE1_LLM_CHOICES, VLM, VLMConfig, apply_freeze,
                              connector_params, image_token_id, load_vlm, save_vlm)
@@ -55,9 +56,15 @@ def parse():
     a("--images", type=int, default=8000, help="训练图像数 training pictures of the data world")
     a("--eval-images", type=int, default=400, help="评估图像数 held-out pictures (and 300 held-out combinations)")
     a("--cache-dir", default=None, help="特征缓存目录 where frozen features are cached (default runs/feature_cache)")
+    a("--curriculum", type=float, default=CURRICULUM["share"], help="阶段2先练查格子 share of stage-2 steps first spent on English colour/shape questions only (data world; 0 = off)")
     a("--oracle-features", action="store_true", help="调试：完美特征 replace the encoder's features by one-hot facts per cell (is the LLM the bottleneck?)")
     a("--no-cache", action="store_true", help="不用特征缓存 run the frozen encoder on every step (slow; for the bench)")
     return p.parse_args()
+
+
+def stage_dir(args, stage: str) -> pathlib.Path:
+    """Where a stage's checkpoint lives: runs/vlm_<stage>, or under --out."""
+    return pathlib.Path(args.out) / f"vlm_{stage}" if args.out else pathlib.Path(OUT[stage])
 
 
 def stage_list(args) -> list:
@@ -68,7 +75,7 @@ def stage_list(args) -> list:
         if bad:
             raise CourseError(f"unknown stage(s) {bad} in --stages; choose from {', '.join(STAGES)}")
         return args.stages.split(",")
-    missing = [s for s in STAGES if s != "clip" and not (pathlib.Path(OUT[s]) / "config.json").is_file()]
+    missing = [s for s in STAGES if s != "clip" and not (stage_dir(args, s) / "config.json").is_file()]
     if missing == ["pretrain"]:
         missing = ["pretrain", "sft"]  # a new stage 1 makes the old stage 2 stale
     needs_clip = (args.vision_encoder or default_vision_encoder()) == str(CLIP_DIR) and not (CLIP_DIR / "config.json").is_file()
@@ -95,51 +102,61 @@ def init_llm(init=None, quick: bool = False):
     return GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size, n_layer=2)), tok, "untrained (--quick)"
 
 
-def fit(vlm, tok, examples, feats, stage: str, steps: int, batch: int, lr: float, proj_lr: float, stage1_llm: str,
+def phase_steps(steps: int, shares) -> list:
+    """Split a stage's steps by the phases' shares; the last phase gets the rest, every phase at least one."""
+    out = [max(1, round(steps * sh)) for sh in shares[:-1]]
+    return out + [max(1, steps - sum(out))]
+
+
+def fit(vlm, tok, phases, feats, stage: str, steps: int, batch: int, lr: float, proj_lr: float, stage1_llm: str,
         last_n: int, seed: int, device, dtype=torch.float32, log=None, pixels=None) -> dict:
     """The loop of one stage (train.py and ablate.py): freeze by the table, AdamW with the projection column at its
-    own learning rate, warmup + cosine, clipping. `pixels` (N, 3, H, W): run the frozen encoder every step
-    instead of reading cached features (slow; for the bench). Returns the final loss, the projection's gradient
-    norm at the first step (> 0, or the image path is cut) and the training time."""
+    own learning rate, warmup + cosine, clipping. `phases` [(examples, share of the steps)] run in order, each
+    with a fresh optimizer and its own schedule (stage 2's curriculum; one phase otherwise). `pixels` (N, 3, H, W):
+    run the frozen encoder every step instead of reading cached features (slow; for the bench). Returns the final
+    loss, the projection's gradient norm at the first step (> 0, or the image path is cut) and the training time."""
     apply_freeze(vlm, stage, stage1_llm, last_n)
     proj_params = [p for p in connector_params(vlm) if p.requires_grad]
     llm_params = [p for p in vlm.llm.parameters() if p.requires_grad]
-    groups = [{"params": proj_params, "base": proj_lr}] + ([{"params": llm_params, "base": lr}] if llm_params else [])
-    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
-    it, grad0, t0 = batches(examples, batch, seed), None, time.perf_counter()
-    for step in range(steps):
-        vlm.train()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, max_lr=g["base"], total_steps=steps, warmup_steps=min(50, steps // 10))
-        x, y, idx = collate(next(it), tok.pad_id)                      # (B, T), (B, T), (B,)
-        with autocast(device, dtype):
-            if pixels is not None:
-                _, loss = vlm(x.to(device), y.to(device), pixel_values=pixels[idx].to(device))
-            else:
-                _, loss = vlm(x.to(device), y.to(device), image_features=feats[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad0 is None:
-            grad0 = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in proj_params if p.grad is not None)))
-        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
-        opt.step()
-        if log is not None:
-            log.train_step(step, loss.item(), opt.param_groups[-1]["lr"], tokens=int((y != -100).sum()))
+    grad0, t0, done = None, time.perf_counter(), 0
+    for (examples, _), n_steps in zip(phases, phase_steps(steps, [sh for _, sh in phases])):
+        groups = [{"params": proj_params, "base": proj_lr}] + ([{"params": llm_params, "base": lr}] if llm_params else [])
+        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+        it = batches(examples, batch, seed)
+        for step in range(n_steps):
+            vlm.train()
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, max_lr=g["base"], total_steps=n_steps, warmup_steps=min(50, n_steps // 10))
+            x, y, idx = collate(next(it), tok.pad_id)                      # (B, T), (B, T), (B,)
+            with autocast(device, dtype):
+                if pixels is not None:
+                    _, loss = vlm(x.to(device), y.to(device), pixel_values=pixels[idx].to(device))
+                else:
+                    _, loss = vlm(x.to(device), y.to(device), image_features=feats[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad0 is None:
+                grad0 = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in proj_params if p.grad is not None)))
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+            opt.step()
+            if log is not None:
+                log.train_step(done + step, loss.item(), opt.param_groups[-1]["lr"], tokens=int((y != -100).sum()))
+        done += n_steps
     return {"loss": loss.item(), "proj_grad0": grad0, "train_s": time.perf_counter() - t0}
 
 
-def train_stage(stage, vlm, tok, train_ex, feats, args, out, dev, dtype, evaluate) -> dict:
+def train_stage(stage, vlm, tok, phases, feats, args, out, dev, dtype, evaluate) -> dict:
     """One stage of train.py: its PLAN (or the command line's steps/batch/lr), progress bar, eval, checkpoint."""
     plan = dict(PLAN[stage])
     if args.quick:
         plan.update(steps=12, batch=8)
     steps, bs = args.max_steps or plan["steps"], args.batch_size or plan["batch"]
     if args.epochs:
-        steps = max(1, int(args.epochs * len(train_ex) / bs))
+        steps = max(1, int(args.epochs * sum(len(ex) for ex, _ in phases) / bs))
     lr = args.lr or plan["lr"]
     print(f"[{stage}] trainable parameters: {apply_freeze(vlm, stage, args.stage1_llm, args.last_n)}", file=sys.stderr)
     log = RunLogger(out, steps, desc=f"stage {stage}")  # the checkpoint saved at the end keeps these logs
-    r = fit(vlm, tok, train_ex, feats, stage, steps, bs, lr, plan["proj_lr"] * lr / plan["lr"], args.stage1_llm,
+    r = fit(vlm, tok, phases, feats, stage, steps, bs, lr, plan["proj_lr"] * lr / plan["lr"], args.stage1_llm,
             args.last_n, args.seed, dev, dtype, log, args.pixels if args.no_cache else None)
     metrics = {f"{stage}_steps": steps, f"{stage}_train_s": round(r["train_s"], 1), f"{stage}_final_loss": round(r["loss"], 4)}
     metrics.update(evaluate(vlm))
@@ -158,6 +175,8 @@ def main():
     dev = pick_device(args.device)
     dtype = pick_dtype(args.dtype, dev)
     stages = stage_list(args)
+    if not 0 <= args.curriculum < 1:
+        raise CourseError(f"--curriculum {args.curriculum:g}: give a share of the stage-2 steps from 0 (no drill) to below 1")
     if args.oracle_features and (args.data or args.no_cache):
         raise CourseError("--oracle-features describes data-world pictures only; leave out --data and --no-cache")
     n_train, n_test, n_combo = (300, 40, 30) if args.quick else (args.images, args.eval_images, 300)
@@ -202,7 +221,7 @@ def main():
     combo_items = [dict(it, image=it["image"] + combo_off) for it in eval_items(sp.combo, args.seed, combo=True)]
     caps = [dict(it, image=it["image"] + test_off) for it in caption_items(sp.test, args.seed)]
     rng = random.Random(args.seed)
-    outs = {s: (pathlib.Path(args.out) / f"vlm_{s}" if args.out else OUT[s]) for s in ("pretrain", "sft")}
+    outs = {s: stage_dir(args, s) for s in ("pretrain", "sft")}
 
     def evaluate(vlm):
         vqa = score(vlm, tok, [it for it in test_items if it["type"] != "describe"], feats, dev)
@@ -230,9 +249,15 @@ def main():
             convs = [(real_off + i, r["messages"]) for i, r in enumerate(real)]
         elif stage == "pretrain":
             convs = [(i, caption_messages(s, lang, vlm.config.layout)) for i, s in enumerate(sp.train) for lang in ("zh", "en")]
-        else:  # about 3 one-question conversations per picture
-            convs = [(i, c) for i, s in enumerate(sp.train) for c in qa_examples(s, rng, vlm.config.layout)]
-        m = train_stage(stage, vlm, tok, encode(vlm, tok, convs), feats, args, outs[stage], dev, dtype, evaluate)
+        if real or stage == "pretrain":
+            phases = [(convs, 1.0)]
+        else:  # the lookup drill, then about 3 one-question conversations per picture
+            phases = sft_phases(sp.train, rng, vlm.config.layout, args.curriculum)
+            if len(phases) > 1:
+                print(f"[sft] lookup drill first: {phases[0][1]:.0%} of the steps on {len(phases[0][0])} English colour/shape "
+                      f"questions, then the full mix ({len(phases[1][0])} conversations)", file=sys.stderr)
+        phases = [(encode(vlm, tok, c), share) for c, share in phases]
+        m = train_stage(stage, vlm, tok, phases, feats, args, outs[stage], dev, dtype, evaluate)
         print(f"[{stage}] held-out VQA {m['vqa_accuracy']:.1%} {m['vqa_accuracy_by_type']}  held-out combinations "
               f"{m['heldout_combo_accuracy']:.1%} {m['heldout_combo_by_type']}  captions {m['caption_accuracy']:.1%}  "
               f"describe {m['describe_accuracy']:.1%}", file=sys.stderr)

@@ -153,6 +153,11 @@ def test_asked_cell_attention_figures(tok):
     assert len(look["per_layer"]) == 2
     for r in look["per_layer"]:
         assert 0 <= r["on_cell"] <= r["on_image"] <= 1 and 0 <= r["share_of_image"] <= 1
+    named = asked_cell_attention(vlm, tok, scenes, torch.randn(6, 9, 32), by="content")
+    want = sum(1 for s in scenes if len(s) >= 2 and any(sum((o.color, o.shape) == (t.color, t.shape) for o in s) == 1 for t in s))
+    assert want > 0 and named["questions"] == want and named["by"] == "content"
+    for r in named["per_layer"]:
+        assert 0 <= r["on_each_other_thing"] <= 1 and r["on_cell"] + r["on_each_other_thing"] <= r["on_image"] + 1e-6
 
 
 # ---------------------------------------------------------------------------------------------- ablation switches
@@ -199,7 +204,7 @@ def test_stage1_freeze_choices_train_what_they_claim(tok, setting, changed_block
     vlm = make_vlm(tok, n_layer=3)
     before = {n: p.detach().clone() for n, p in vlm.named_parameters()}
     ex = _batch(tok, vlm)
-    r = fit(vlm, tok, ex, torch.randn(4, 9, 32), "pretrain", steps=2, batch=4, lr=1e-2, proj_lr=1e-2,
+    r = fit(vlm, tok, [(ex, 1.0)], torch.randn(4, 9, 32), "pretrain", steps=2, batch=4, lr=1e-2, proj_lr=1e-2,
             stage1_llm=setting, last_n=2, seed=0, device="cpu")
     assert r["proj_grad0"] > 0
     moved = {n for n, p in vlm.named_parameters() if not torch.equal(p, before[n])}

@@ -109,6 +109,53 @@ def test_layout_puts_the_image_after_the_question_and_the_checkpoint_remembers_i
         user_turn(q, "sideways")
 
 
+def test_stage2_curriculum_drills_english_cell_questions_first_then_the_full_mix(tok):
+    from step6_vlm.data import CURRICULUM, sft_phases, world_splits
+    from step6_vlm.loop import encode
+    from step6_vlm.train import fit, phase_steps
+    scenes = world_splits(40, 1, 1, seed=0).train
+    (drill, share), (full, rest) = sft_phases(scenes, random.Random(0), "question-first", 0.25)
+    assert (share, rest) == (0.25, 0.75) and CURRICULUM["types"] == ("color", "shape")
+    assert len(drill) == 2 * len(scenes)                       # a colour and a shape question per picture
+    drill_q = [m[0]["content"] for _, m in drill]
+    assert all(q.startswith(("What color is the shape at the ", "What shape is at the ")) for q in drill_q)
+    assert sum(q.startswith("What color") for q in drill_q) == len(scenes)
+    full_q = " ".join(m[0]["content"] for _, m in full)
+    assert "How many" in full_q and "Where is" in full_q and "图中有几个图形" in full_q   # every type, both languages
+    assert len(sft_phases(scenes, random.Random(0), "question-first", 0.0)) == 1
+    assert phase_steps(2000, [0.2, 0.8]) == [400, 1600] and phase_steps(3, [0.2, 0.8]) == [1, 2]
+
+    class Steps:  # the logger sees one run of steps across the phases, the drill's first
+        seen = []
+        def train_step(self, step, loss, lr, tokens=0):
+            self.seen.append((step, lr))
+    vlm = make_vlm(tok)
+    feats = torch.randn(len(scenes), 9, 32)
+    phases = [(encode(vlm, tok, c), sh) for c, sh in sft_phases(scenes, random.Random(0), "question-first", 0.5)]
+    fit(vlm, tok, phases, feats, "sft", steps=10, batch=4, lr=1e-3, proj_lr=1e-3, stage1_llm="frozen", last_n=2,
+        seed=0, device="cpu", log=Steps())
+    assert [s for s, _ in Steps.seen] == list(range(10))
+    lrs = [lr for _, lr in Steps.seen]
+    assert lrs[5] > lrs[4] and lrs[0] == lrs[5]  # each phase has its own schedule: the second starts at the top again
+    r = _cli("step6_vlm/train.py", "--quick", "--curriculum", "1.5")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: --curriculum 1.5: give a share of the "
+                                                                   "stage-2 steps from 0 (no drill) to below 1"]
+
+
+def test_missing_stages_are_looked_up_under_out(tmp_path, monkeypatch):
+    """train.py --out DIR runs the stages missing in DIR, not those missing in runs/ (it used to load DIR/vlm_sft and fail)."""
+    import argparse
+    import step6_vlm.train as T
+    for stage in ("pretrain", "sft"):
+        (tmp_path / "runs" / f"vlm_{stage}").mkdir(parents=True)
+        (tmp_path / "runs" / f"vlm_{stage}" / "config.json").write_text("{}")
+        monkeypatch.setitem(T.OUT, stage, tmp_path / "runs" / f"vlm_{stage}")
+    args = argparse.Namespace(stage=None, stages=None, out=None, vision_encoder="some/clip")
+    assert T.stage_list(args) == []
+    args.out = str(tmp_path / "elsewhere")
+    assert T.stage_list(args) == ["pretrain", "sft"]
+
+
 @pytest.mark.parametrize("stage1_llm", ["last_n", "frozen", "all"])
 def test_freeze_table_sets_exactly_the_expected_parameters(tok, clip_dir, stage1_llm):
     vlm = make_vlm(tok, clip_dir, n_layer=3)
