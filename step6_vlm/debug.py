@@ -134,6 +134,7 @@ def asked_cell_attention(vlm: VLM, tok, scenes, feats: torch.Tensor, seed: int =
     from step6_vlm.model import build_example
     rng = random.Random(seed)
     L, H, P = vlm.llm.config.n_layer, vlm.llm.config.n_head, vlm.config.n_patches
+    patch_of = cell_patch_index(P)                                             # grid cell → its patch
     on_cell, on_image, on_other, n = torch.zeros(L, H), torch.zeros(L, H), torch.zeros(L, H), 0
     vlm.eval()
     for i, s in enumerate(scenes):
@@ -149,8 +150,8 @@ def asked_cell_attention(vlm: VLM, tok, scenes, feats: torch.Tensor, seed: int =
         x = torch.tensor([ids], device=device)
         h = vlm.splice(x, vlm.image_embeds(feats[i:i + 1].to(device)))       # (1, T, C)
         start = ids.index(vlm.config.image_token_id)
-        cell = start + cell_patch_index(P)[t.row * 3 + t.col]
-        others = [start + cell_patch_index(P)[o.row * 3 + o.col] for o in s if o is not t]
+        cell = start + patch_of[t.row * 3 + t.col]
+        others = [start + patch_of[o.row * 3 + o.col] for o in s if o is not t]
         cos, sin = vlm.llm.rope_cos[:h.shape[1]], vlm.llm.rope_sin[:h.shape[1]]
         for layer, block in enumerate(vlm.llm.blocks):
             p = last_query_attention(block.attn, block.attn_norm(h), cos, sin)  # (H, T)
