@@ -57,7 +57,7 @@ VARIANTS = {
     "mlp":           ("4 projection", "MLP projection (Linear-GELU-Linear)", {"projector": "mlp"}),
     "image_first":   ("5 the lookup", "image before the question (LLaVA layout)", {"layout": "image-first"}),
     "no_positions":  ("5 the lookup", "no learned image positions (LLaVA)", {"image_positions": "none"}),
-    "no_curriculum": ("5 the lookup", "stage 2 without the lookup drill (full mix from the first step)", {"curriculum": 0.0}),
+    "no_curriculum": ("5 the lookup", "stage 2 without the lookup drills (full mix from the first step)", {"curriculum": ()}),
 }
 # the order rows are run in (most telling first, so a stopped run has measured what matters most)
 ORDER = ["baseline", "no_curriculum", "first", "mean", "image_first", "no_positions", "image_loss", "stage1_last_n", "one_stage", "mlp",
@@ -90,7 +90,7 @@ def run_variant(name: str, ctx: dict) -> dict:
             phases = [([(i, caption_messages(s, lang, vlm.config.layout)) for i, s in enumerate(sp.train)
                         for lang in ("zh", "en")], 1.0)]
         else:
-            phases = sft_phases(sp.train, rng, vlm.config.layout, ov.get("curriculum", CURRICULUM["share"]))
+            phases = sft_phases(sp.train, rng, vlm.config.layout, ov.get("curriculum", CURRICULUM))
         phases = [(encode(vlm, tok, convs), share) for convs, share in phases]
         if ov.get("image_loss"):
             phases = [(with_image_loss(ex, vlm.config.image_token_id), share) for ex, share in phases]

@@ -126,8 +126,8 @@ def last_query_attention(attn, h: torch.Tensor, cos, sin) -> torch.Tensor:
 def asked_cell_attention(vlm: VLM, tok, scenes, feats: torch.Tensor, seed: int = 0, device="cpu", by: str = "cell") -> dict:
     """How much of the answer position's attention lands on the patch a question is about? by="cell": colour or
     shape questions that name the cell ("What color is the shape at the top left?"); by="content": position
-    questions that name the thing ("Where is the red star?", pictures with ≥ 2 things), where the other occupied
-    patches are the distractors. Per layer, the best head's share of all attention, of the attention on image
+    questions that name the thing ("Where is the red star?", pictures with ≥ 2 things), seen from the position
+    that predicts the cell word (after "The red star is at the"), where the other occupied patches are the distractors. Per layer, the best head's share of all attention, of the attention on image
     tokens (chance: 1 of the P patches) and, for by="content", its mean on each other occupied patch."""
     from step6_vlm.data import _unique_things, question
     from step6_vlm.train_clip import cell_patch_index
@@ -145,8 +145,13 @@ def asked_cell_attention(vlm: VLM, tok, scenes, feats: torch.Tensor, seed: int =
             if len(s) < 2 or not _unique_things(s):
                 continue
             t = rng.choice(_unique_things(s))
-            q, _ = question("position", s, rng, rng.choice(["zh", "en"]), target=t)
+            lang = rng.choice(["zh", "en"])
+            q, answer = question("position", s, rng, lang, target=t)
+            cell_word = t.position[0] if lang == "zh" else t.position[1]
+            restated = answer[:answer.rindex(cell_word)].rstrip()               # "The red star is at the"
         ids, _ = build_example(vlm, tok, [{"role": "user", "content": user_turn(q, vlm.config.layout)}], add_generation_prompt=True)
+        if by == "content":
+            ids = ids + tok.encode(restated)     # look from where the cell word is predicted, after the restatement
         x = torch.tensor([ids], device=device)
         h = vlm.splice(x, vlm.image_embeds(feats[i:i + 1].to(device)))       # (1, T, C)
         start = ids.index(vlm.config.image_token_id)
@@ -201,8 +206,9 @@ def report(fig: dict) -> str:
                          f"patch, {r['on_image']:.0%} on the image ({r['share_of_image']:.0%} of that on the asked patch)")
     look = fig.get("named_thing_attention")
     if look:
-        lines.append(f"7. the same for {look['questions']} position questions (\"Where is the red star?\", ≥ 2 things): does the "
-                     f"answer position pick the named thing's patch over the other things' patches?")
+        lines.append(f"7. the same for {look['questions']} position questions (\"Where is the red star?\", ≥ 2 things), from the "
+                     f"position that says the cell (after \"The red star is at the\"): does it pick the named thing's patch "
+                     f"over the other things' patches?")
         for r in look["per_layer"]:
             good = r["on_cell"] > 2 * r["on_each_other_thing"] and r["on_image"] > 0.2
             lines.append(f"   {ok(good)}layer {r['layer']} head {r['head']}: {r['on_cell']:.0%} on the named thing's patch, "

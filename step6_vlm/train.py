@@ -1,6 +1,6 @@
 """Train the VLM in stages: 0 = small CLIP (only when no pretrained CLIP is at hand), 1 = pretrain
-(image → caption), 2 = SFT (image + question → answer; on the data world it starts with a short drill of English
-colour/shape questions, data.CURRICULUM). Which parameters learn is FREEZE_TABLE in model.py.
+(image → caption), 2 = SFT (image + question → answer; on the data world it starts with two short drills of English
+questions, data.CURRICULUM). Which parameters learn is FREEZE_TABLE in model.py.
 
     python train.py                              # runs the missing stages: clip → pretrain → sft (CPU ~15 min)
     python train.py --stage sft                  # one stage
@@ -56,7 +56,7 @@ def parse():
     a("--images", type=int, default=8000, help="训练图像数 training pictures of the data world")
     a("--eval-images", type=int, default=400, help="评估图像数 held-out pictures (and 300 held-out combinations)")
     a("--cache-dir", default=None, help="特征缓存目录 where frozen features are cached (default runs/feature_cache)")
-    a("--curriculum", type=float, default=CURRICULUM["share"], help="阶段2先练查格子 share of stage-2 steps first spent on English colour/shape questions only (data world; 0 = off)")
+    a("--no-curriculum", action="store_true", help="阶段2不先练 skip stage 2's two English drills (colour/shape, then position questions) and train on the full mix from the first step")
     a("--oracle-features", action="store_true", help="调试：完美特征 replace the encoder's features by one-hot facts per cell (is the LLM the bottleneck?)")
     a("--no-cache", action="store_true", help="不用特征缓存 run the frozen encoder on every step (slow; for the bench)")
     return p.parse_args()
@@ -175,8 +175,6 @@ def main():
     dev = pick_device(args.device)
     dtype = pick_dtype(args.dtype, dev)
     stages = stage_list(args)
-    if not 0 <= args.curriculum < 1:
-        raise CourseError(f"--curriculum {args.curriculum:g}: give a share of the stage-2 steps from 0 (no drill) to below 1")
     if args.oracle_features and (args.data or args.no_cache):
         raise CourseError("--oracle-features describes data-world pictures only; leave out --data and --no-cache")
     n_train, n_test, n_combo = (300, 40, 30) if args.quick else (args.images, args.eval_images, 300)
@@ -251,11 +249,14 @@ def main():
             convs = [(i, caption_messages(s, lang, vlm.config.layout)) for i, s in enumerate(sp.train) for lang in ("zh", "en")]
         if real or stage == "pretrain":
             phases = [(convs, 1.0)]
-        else:  # the lookup drill, then about 3 one-question conversations per picture
-            phases = sft_phases(sp.train, rng, vlm.config.layout, args.curriculum)
-            if len(phases) > 1:
-                print(f"[sft] lookup drill first: {phases[0][1]:.0%} of the steps on {len(phases[0][0])} English colour/shape "
-                      f"questions, then the full mix ({len(phases[1][0])} conversations)", file=sys.stderr)
+        else:  # the lookup drills, then about 3 one-question conversations per picture
+            drills = () if args.no_curriculum else CURRICULUM
+            phases = sft_phases(sp.train, rng, vlm.config.layout, drills)
+            for (types, _), (convs, share) in zip(drills, phases):
+                print(f"[sft] drill: {share:.0%} of the steps on {len(convs)} English {'/'.join(types)} questions",
+                      file=sys.stderr)
+            print(f"[sft] then the full mix: {phases[-1][1]:.0%} of the steps on {len(phases[-1][0])} conversations",
+                  file=sys.stderr)
         phases = [(encode(vlm, tok, c), share) for c, share in phases]
         m = train_stage(stage, vlm, tok, phases, feats, args, outs[stage], dev, dtype, evaluate)
         print(f"[{stage}] held-out VQA {m['vqa_accuracy']:.1%} {m['vqa_accuracy_by_type']}  held-out combinations "

@@ -109,21 +109,25 @@ def test_layout_puts_the_image_after_the_question_and_the_checkpoint_remembers_i
         user_turn(q, "sideways")
 
 
-def test_stage2_curriculum_drills_english_cell_questions_first_then_the_full_mix(tok):
-    from step6_vlm.data import CURRICULUM, sft_phases, world_splits
+def test_stage2_curriculum_drills_both_lookups_in_english_then_the_full_mix(tok):
+    from step6_vlm.data import CURRICULUM, _unique_things, sft_phases, world_splits
     from step6_vlm.loop import encode
     from step6_vlm.train import fit, phase_steps
     scenes = world_splits(40, 1, 1, seed=0).train
-    (drill, share), (full, rest) = sft_phases(scenes, random.Random(0), "question-first", 0.25)
-    assert (share, rest) == (0.25, 0.75) and CURRICULUM["types"] == ("color", "shape")
-    assert len(drill) == 2 * len(scenes)                       # a colour and a shape question per picture
-    drill_q = [m[0]["content"] for _, m in drill]
-    assert all(q.startswith(("What color is the shape at the ", "What shape is at the ")) for q in drill_q)
-    assert sum(q.startswith("What color") for q in drill_q) == len(scenes)
+    assert [types for types, _ in CURRICULUM] == [("color", "shape"), ("position",)]
+    (cells, s1), (things, s2), (full, rest) = sft_phases(scenes, random.Random(0), "question-first",
+                                                          ((("color", "shape"), 0.25), (("position",), 0.25)))
+    assert (s1, s2, rest) == (0.25, 0.25, 0.5)
+    assert len(cells) == 2 * len(scenes)                       # a colour and a shape question per picture
+    cell_q = [m[0]["content"] for _, m in cells]
+    assert all(q.startswith(("What color is the shape at the ", "What shape is at the ")) for q in cell_q)
+    assert sum(q.startswith("What color") for q in cell_q) == len(scenes)
+    assert len(things) == sum(bool(_unique_things(s)) for s in scenes)   # one position question where one exists
+    assert all(m[0]["content"].startswith("Where is the ") and m[1]["content"].startswith("The ") for _, m in things)
     full_q = " ".join(m[0]["content"] for _, m in full)
     assert "How many" in full_q and "Where is" in full_q and "图中有几个图形" in full_q   # every type, both languages
-    assert len(sft_phases(scenes, random.Random(0), "question-first", 0.0)) == 1
-    assert phase_steps(2000, [0.2, 0.8]) == [400, 1600] and phase_steps(3, [0.2, 0.8]) == [1, 2]
+    assert len(sft_phases(scenes, random.Random(0), "question-first", ())) == 1
+    assert phase_steps(2000, [0.2, 0.15, 0.65]) == [400, 300, 1300] and phase_steps(3, [0.2, 0.8]) == [1, 2]
 
     class Steps:  # the logger sees one run of steps across the phases, the drill's first
         seen = []
@@ -131,15 +135,27 @@ def test_stage2_curriculum_drills_english_cell_questions_first_then_the_full_mix
             self.seen.append((step, lr))
     vlm = make_vlm(tok)
     feats = torch.randn(len(scenes), 9, 32)
-    phases = [(encode(vlm, tok, c), sh) for c, sh in sft_phases(scenes, random.Random(0), "question-first", 0.5)]
+    one_drill = ((("color", "shape"), 0.5),)
+    phases = [(encode(vlm, tok, c), sh) for c, sh in sft_phases(scenes, random.Random(0), "question-first", one_drill)]
     fit(vlm, tok, phases, feats, "sft", steps=10, batch=4, lr=1e-3, proj_lr=1e-3, stage1_llm="frozen", last_n=2,
         seed=0, device="cpu", log=Steps())
     assert [s for s, _ in Steps.seen] == list(range(10))
     lrs = [lr for _, lr in Steps.seen]
     assert lrs[5] > lrs[4] and lrs[0] == lrs[5]  # each phase has its own schedule: the second starts at the top again
-    r = _cli("step6_vlm/train.py", "--quick", "--curriculum", "1.5")
-    assert r.returncode == 2 and r.stderr.strip().splitlines() == ["error: --curriculum 1.5: give a share of the "
-                                                                   "stage-2 steps from 0 (no drill) to below 1"]
+
+
+def test_position_answers_restate_the_thing_right_before_its_cell():
+    from step6_vlm.data import _unique_things, question, world_splits
+    rng = random.Random(0)
+    scenes = [s for s in world_splits(200, 1, 1, seed=0).train if len(s) >= 2 and _unique_things(s)]
+    for s in scenes[:50]:
+        t = rng.choice(_unique_things(s))
+        q, a = question("position", s, rng, "en", target=t)
+        assert q == f"Where is the {t.color.en} {t.shape[1]}?" and a == f"The {t.color.en} {t.shape[1]} is at the {t.position[1]}."
+        q, a = question("position", s, rng, "zh", target=t)
+        assert q == f"{t.color.zh}的{t.shape[0]}在哪里？" and a == f"{t.color.zh}的{t.shape[0]}在{t.position[0]}。"
+    twins = [s for s in world_splits(400, 1, 1, seed=0).train if not _unique_things(s)]
+    assert twins and question("position", twins[0], rng, "en") is None   # two red stars: no single answer, not asked
 
 
 def test_missing_stages_are_looked_up_under_out(tmp_path, monkeypatch):
