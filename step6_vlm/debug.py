@@ -127,8 +127,9 @@ def asked_cell_attention(vlm: VLM, tok, scenes, feats: torch.Tensor, seed: int =
     """How much of the answer position's attention lands on the patch a question is about? by="cell": colour or
     shape questions that name the cell ("What color is the shape at the top left?"); by="content": position
     questions that name the thing ("Where is the red star?", pictures with ≥ 2 things), seen from the position
-    that predicts the cell word (after "The red star is at the"), where the other occupied patches are the distractors. Per layer, the best head's share of all attention, of the attention on image
-    tokens (chance: 1 of the P patches) and, for by="content", its mean on each other occupied patch."""
+    that predicts the cell word (after "The red star is at the"), where the other occupied patches are the
+    distractors. Per layer, the best head's share of all attention, of the attention on image tokens (chance:
+    1 of the P patches) and, for by="content", its mean on each other occupied patch."""
     from step6_vlm.data import _unique_things, question
     from step6_vlm.train_clip import cell_patch_index
     from step6_vlm.model import build_example
