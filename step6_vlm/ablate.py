@@ -32,14 +32,14 @@ from common.cli import course_parser, run
 from common.device import pick_device, seed_everything
 from common.errors import CourseError
 from common.training import print_summary
-from step6_vlm.data import CURRICULUM, caption_messages, cell_labels, eval_items, sft_phases, world_splits
+from step6_vlm.data import CURRICULUM, caption_conversations, cell_labels, eval_items, sft_phases, world_splits
 from step6_vlm.debug import with_image_loss
 from step6_vlm.loop import caption_items, encode, score
 from step6_vlm.model import DEFAULT_LAST_N, DEFAULT_STAGE1_LLM, VLM, VLMConfig, image_token_id
 from step6_vlm.train import fit, init_llm
 
 # Short runs: same learning rates and batch as train.py, a quarter of its stage-2 steps, so all rows fit in
-# about 29 minutes on a 2-core CPU (121–174 s a row). Every row is then still on the plateau before the lookup is
+# about 29 minutes on a 2-core CPU (137–186 s a row). Every row is then still on the plateau before the lookup is
 # learned: compare rows, not the baseline with train.py's figure. --sft-steps 2000 for converged numbers.
 PLAN = {"pretrain": dict(steps=40, batch=32, lr=1e-3, proj_lr=2e-3), "sft": dict(steps=500, batch=32, lr=1e-3, proj_lr=1e-3)}
 QUICK_PLAN = {"pretrain": dict(steps=4, batch=8, lr=1e-3, proj_lr=2e-3), "sft": dict(steps=6, batch=8, lr=1e-3, proj_lr=1e-3)}
@@ -87,8 +87,7 @@ def run_variant(name: str, ctx: dict) -> dict:
     out, t0 = {"row": name}, time.perf_counter()
     for stage in stages:
         if stage == "pretrain":
-            phases = [([(i, caption_messages(s, lang, vlm.config.layout)) for i, s in enumerate(sp.train)
-                        for lang in ("zh", "en")], 1.0)]
+            phases = [(caption_conversations(sp.train, vlm.config.layout), 1.0)]
         else:
             phases = sft_phases(sp.train, rng, vlm.config.layout, ov.get("curriculum", CURRICULUM))
         phases = [(encode(vlm, tok, convs), share) for convs, share in phases]

@@ -119,6 +119,11 @@ def caption_messages(things, lang: str, layout: str = "question-first") -> list:
             {"role": "assistant", "content": describe_scene(things, lang)}]
 
 
+def caption_conversations(scenes, layout: str = "question-first") -> list:
+    """Stage 1 on the data world: each picture's caption in both languages, as (scene index, messages)."""
+    return [(i, caption_messages(s, lang, layout)) for i, s in enumerate(scenes) for lang in ("zh", "en")]
+
+
 def _unique_things(things):
     """Things whose color+shape pair occurs once in the scene: "where is the red star" has one answer."""
     return [t for t in things if sum((o.color, o.shape) == (t.color, t.shape) for o in things) == 1]
@@ -428,7 +433,7 @@ def load_real_data(sources, layout: str = "question-first") -> list:
 
 
 __all__ = ["IMAGE_SIZE", "CELL", "GRID", "HELDOUT_COMBOS", "CAPTION_PROMPTS", "DESCRIBE_PROMPTS", "QUESTION_TYPES",
-           "LAYOUTS", "user_turn", "render_scene", "caption_messages", "question", "qa_examples", "CURRICULUM", "sft_phases", "world_splits", "eval_items",
+           "LAYOUTS", "user_turn", "render_scene", "caption_messages", "caption_conversations", "question", "qa_examples", "CURRICULUM", "sft_phases", "world_splits", "eval_items",
            "load_image", "to_rgb", "load_llava_json", "load_caption_folder", "load_hf_captions", "load_real_data",
            "scene_key", "file_key", "allowed_in_training", "COLORS", "SHAPES", "SIZES", "POSITIONS"]
 

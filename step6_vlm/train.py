@@ -24,7 +24,7 @@ from common.device import autocast, pick_device, pick_dtype, seed_everything
 from common.errors import CourseError
 from common.training import RunLogger, lr_at, print_summary
 from step2_gpt.model import GPT, GPTConfig, load_gpt
-from step6_vlm.data import (CURRICULUM, LAYOUTS, caption_messages, eval_items, image_key, load_image, load_real_data,
+from step6_vlm.data import (CURRICULUM, LAYOUTS, caption_conversations, eval_items, image_key, load_image, load_real_data,
                             sft_phases, world_splits)
 from step6_vlm.loop import batches, caption_items, collate, encode, oracle_features, score, world_features
 from step6_vlm.model import (DEFAULT_LAST_N, DEFAULT_STAGE1_LLM, STAGE1_LLM_CHOICES, VLM, VLMConfig, apply_freeze,
@@ -246,7 +246,7 @@ def main():
         if real:
             convs = [(real_off + i, r["messages"]) for i, r in enumerate(real)]
         elif stage == "pretrain":
-            convs = [(i, caption_messages(s, lang, vlm.config.layout)) for i, s in enumerate(sp.train) for lang in ("zh", "en")]
+            convs = caption_conversations(sp.train, vlm.config.layout)
         if real or stage == "pretrain":
             phases = [(convs, 1.0)]
         else:  # the lookup drills, then about 3 one-question conversations per picture
