@@ -1,7 +1,7 @@
 """Measured ablations of the image path (消融实验): each row changes ONE thing against the baseline, trains
 both stages briefly on cached frozen features, and scores held-out pictures per question type.
 
-    python ablate.py                       # every row, writes runs/vlm_ablate/ablation.md (measured: 29 min, 2-core CPU)
+    python ablate.py                       # every row, writes runs/vlm_ablate/ablation.md (measured: 18 min, 2-core CPU)
     python ablate.py --only first,mean     # some rows
     python ablate.py --quick               # seconds: tiny random model, shows the table's shape only
 
@@ -39,8 +39,8 @@ from step6_vlm.model import DEFAULT_LAST_N, DEFAULT_STAGE1_LLM, VLM, VLMConfig, 
 from step6_vlm.train import fit, init_llm
 
 # Short runs: same learning rates and batch as train.py, a quarter of its stage-2 steps, so all rows fit in
-# about 29 minutes on a 2-core CPU (137–186 s a row). Every row is then still on the plateau before the lookup is
-# learned: compare rows, not the baseline with train.py's figure. --sft-steps 2000 for converged numbers.
+# 18–29 minutes on the shared 2-core CPU (82–186 s a row, by how busy it is). Every row is then far from converged:
+# compare rows, not the baseline with train.py's figure. --sft-steps 2000 for converged numbers.
 PLAN = {"pretrain": dict(steps=40, batch=32, lr=1e-3, proj_lr=2e-3), "sft": dict(steps=500, batch=32, lr=1e-3, proj_lr=1e-3)}
 QUICK_PLAN = {"pretrain": dict(steps=4, batch=8, lr=1e-3, proj_lr=2e-3), "sft": dict(steps=6, batch=8, lr=1e-3, proj_lr=1e-3)}
 

@@ -1,8 +1,8 @@
 """Train the VLM in stages: 0 = small CLIP (only when no pretrained CLIP is at hand), 1 = pretrain
-(image → caption), 2 = SFT (image + question → answer; on the data world it starts with two short drills of English
+(image → caption), 2 = SFT (image + question → answer; on the data world it starts with two short drills of
 questions, data.CURRICULUM). Which parameters learn is FREEZE_TABLE in model.py.
 
-    python train.py                              # runs the missing stages: clip → pretrain → sft (CPU ~17 min)
+    python train.py                              # runs the missing stages: clip → pretrain → sft (2-core CPU: 10–17 min)
     python train.py --stage sft                  # one stage
     python train.py --stages clip,pretrain,sft   # all, in order, even if they exist
     python train.py --quick                      # seconds-long smoke run (makes missing inputs)
@@ -56,7 +56,7 @@ def parse():
     a("--images", type=int, default=8000, help="训练图像数 training pictures of the data world")
     a("--eval-images", type=int, default=400, help="评估图像数 held-out pictures (and 300 held-out combinations)")
     a("--cache-dir", default=None, help="特征缓存目录 where frozen features are cached (default runs/feature_cache)")
-    a("--no-curriculum", action="store_true", help="阶段2不先练 skip stage 2's two English drills (colour/shape, then position questions) and train on the full mix from the first step")
+    a("--no-curriculum", action="store_true", help="阶段2不先练 skip stage 2's two drills (colour/shape, then position questions) and train on the full mix from the first step")
     a("--oracle-features", action="store_true", help="调试：完美特征 replace the encoder's features by one-hot facts per cell (is the LLM the bottleneck?)")
     a("--no-cache", action="store_true", help="不用特征缓存 run the frozen encoder on every step (slow; for the bench)")
     return p.parse_args()
@@ -253,7 +253,7 @@ def main():
             drills = () if args.no_curriculum else CURRICULUM
             phases = sft_phases(sp.train, rng, vlm.config.layout, drills)
             for (types, _), (convs, share) in zip(drills, phases):
-                print(f"[sft] drill: {share:.0%} of the steps on {len(convs)} English {'/'.join(types)} questions",
+                print(f"[sft] drill: {share:.0%} of the steps on {len(convs)} {'/'.join(types)} questions",
                       file=sys.stderr)
             print(f"[sft] then the full mix: {phases[-1][1]:.0%} of the steps on {len(phases[-1][0])} conversations",
                   file=sys.stderr)

@@ -109,7 +109,7 @@ def test_layout_puts_the_image_after_the_question_and_the_checkpoint_remembers_i
         user_turn(q, "sideways")
 
 
-def test_stage2_curriculum_drills_both_lookups_in_english_then_the_full_mix(tok):
+def test_stage2_curriculum_drills_both_lookups_then_the_full_mix(tok):
     from step6_vlm.data import CURRICULUM, _unique_things, sft_phases, world_splits
     from step6_vlm.loop import encode
     from step6_vlm.train import fit, phase_steps
@@ -120,14 +120,19 @@ def test_stage2_curriculum_drills_both_lookups_in_english_then_the_full_mix(tok)
     assert (s1, s2, rest) == (0.25, 0.25, 0.5)
     assert len(cells) == 2 * len(scenes)                       # a colour and a shape question per picture
     cell_q = [m[0]["content"] for _, m in cells]
-    assert all(q.startswith(("What color is the shape at the ", "What shape is at the ")) for q in cell_q)
-    assert sum(q.startswith("What color") for q in cell_q) == len(scenes)
+    color_q = [q for q in cell_q if q.startswith("What color is the shape at the ") or "的图形是什么颜色？" in q]
+    shape_q = [q for q in cell_q if q.startswith("What shape is at the ") or "的图形是什么形状？" in q]
+    assert len(color_q) == len(shape_q) == len(scenes)
+    assert any(q.startswith("What") for q in cell_q) and any("的图形" in q for q in cell_q)   # both languages
     assert len(things) == sum(bool(_unique_things(s)) for s in scenes)   # one position question where one exists
-    assert all(m[0]["content"].startswith("Where is the ") and m[1]["content"].startswith("The ") for _, m in things)
+    for _, (q, a) in things:
+        assert (q["content"].startswith("Where is the ") and a["content"].startswith("The ")) or \
+               ("在哪里？" in q["content"] and "在" in a["content"]), (q, a)
+    assert {m[0]["content"].startswith("Where") for _, m in things} == {True, False}
     full_q = " ".join(m[0]["content"] for _, m in full)
     assert "How many" in full_q and "Where is" in full_q and "图中有几个图形" in full_q   # every type, both languages
     assert len(sft_phases(scenes, random.Random(0), "question-first", ())) == 1
-    assert phase_steps(2000, [0.2, 0.15, 0.65]) == [400, 300, 1300] and phase_steps(3, [0.2, 0.8]) == [1, 2]
+    assert phase_steps(2000, [0.2, 0.25, 0.55]) == [400, 500, 1100] and phase_steps(3, [0.2, 0.8]) == [1, 2]
 
     class Steps:  # the logger sees one run of steps across the phases, the drill's first
         seen = []
@@ -142,6 +147,22 @@ def test_stage2_curriculum_drills_both_lookups_in_english_then_the_full_mix(tok)
     assert [s for s, _ in Steps.seen] == list(range(10))
     lrs = [lr for _, lr in Steps.seen]
     assert lrs[5] > lrs[4] and lrs[0] == lrs[5]  # each phase has its own schedule: the second starts at the top again
+
+
+def test_batches_mix_question_types_within_a_length_band(tok):
+    from step6_vlm.data import sft_phases, world_splits
+    from step6_vlm.loop import batches, encode
+    scenes = world_splits(600, 1, 1, seed=0).train
+    convs = sft_phases(scenes, random.Random(0), "question-first", ())[0][0]
+    examples = encode(make_vlm(tok), tok, convs)
+    kind = {id(ex): (c[1][0]["content"].split()[0], c[1][1]["content"].isascii()) for ex, c in zip(examples, convs)}
+    it = batches(examples, 16, seed=0, bucket=16)
+    epoch = [next(it) for _ in range(len(examples) // 16)]
+    assert len({id(ex) for b in epoch for ex in b}) == len(examples) // 16 * 16      # each example once per epoch
+    lengths = [[len(ex[1]) for ex in b] for b in epoch]
+    assert all(max(L) // 16 - min(L) // 16 <= 1 for L in lengths)                    # one band, or two at a boundary
+    mixed = [len({kind[id(ex)] for ex in b}) >= 3 for b in epoch]                    # question word × language
+    assert sum(mixed) >= 0.9 * len(epoch), sum(mixed) / len(epoch)
 
 
 def test_position_answers_restate_the_thing_right_before_its_cell():
@@ -328,7 +349,7 @@ def test_short_seeded_run_learns_colors(tok, clip_dir, tmp_path):
     items = [dict(q, image=q["image"] + len(sp.train)) for q in eval_items(sp.test, 0) if q["type"] == "color"]
     acc = score(vlm, tok, items, feats)["overall"]
     print(f"colour accuracy {acc:.3f}")
-    assert acc >= 0.35, acc   # chance is 0.125 (8 colours); measured 0.433 with this seed (250 steps)
+    assert acc >= 0.35, acc   # chance is 0.125 (8 colours); measured 0.600 with this seed (250 steps)
 
 
 def _cli(*args, cwd=None):
