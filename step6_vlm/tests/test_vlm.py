@@ -161,7 +161,7 @@ def test_batches_mix_question_types_within_a_length_band(tok):
     assert len({id(ex) for b in epoch for ex in b}) == len(examples) // 16 * 16      # each example once per epoch
     lengths = [[len(ex[1]) for ex in b] for b in epoch]
     assert all(max(L) // 16 - min(L) // 16 <= 1 for L in lengths)                    # one band, or two at a boundary
-    mixed = [len({kind[id(ex)] for ex in b}) >= 3 for b in epoch]                    # question word × language
+    mixed = [len({kind[id(ex)] for ex in b}) >= 3 for b in epoch]   # first word × language (a Chinese question is one "word")
     assert sum(mixed) >= 0.9 * len(epoch), sum(mixed) / len(epoch)
 
 
