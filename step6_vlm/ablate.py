@@ -14,6 +14,7 @@ steps. The rows:
   4. linear vs MLP projection
   5. the lookup: no lookup drill at the start of stage 2 / the image before the question (LLaVA's layout) /
      no learned image positions
+  6. colour apart from shape: no repainted pictures in stage 2 (data.PAINT_SHARE) — read the held-out combinations
 """
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
@@ -32,19 +33,20 @@ from common.cli import course_parser, run
 from common.device import pick_device, seed_everything
 from common.errors import CourseError
 from common.training import print_summary
-from step6_vlm.data import CURRICULUM, caption_conversations, cell_labels, eval_items, sft_phases, world_splits
+from step6_vlm.data import (CURRICULUM, PAINT_SHARE, caption_conversations, cell_labels, eval_items, painted_scenes,
+                            sft_phases, world_splits)
 from step6_vlm.debug import with_image_loss
 from step6_vlm.loop import caption_items, encode, score
 from step6_vlm.model import DEFAULT_LAST_N, DEFAULT_STAGE1_LLM, VLM, VLMConfig, image_token_id
 from step6_vlm.train import fit, init_llm
 
-# Short runs: same learning rates and batch as train.py, a quarter of its stage-2 steps, so all rows fit in
+# Short runs: same learning rates and batch as train.py, a fifth of its stage-2 steps, so all rows fit in
 # 18–29 minutes on the shared 2-core CPU (82–186 s a row, by how busy it is). Every row is then far from converged:
-# compare rows, not the baseline with train.py's figure. --sft-steps 2000 for converged numbers.
+# compare rows, not the baseline with train.py's figure. --sft-steps 2500 for converged numbers.
 PLAN = {"pretrain": dict(steps=40, batch=32, lr=1e-3, proj_lr=2e-3), "sft": dict(steps=500, batch=32, lr=1e-3, proj_lr=1e-3)}
 QUICK_PLAN = {"pretrain": dict(steps=4, batch=8, lr=1e-3, proj_lr=2e-3), "sft": dict(steps=6, batch=8, lr=1e-3, proj_lr=1e-3)}
 
-# name: (group, what changes, overrides). Overrides: VLMConfig fields, stage1_llm, image_loss, stages, curriculum.
+# name: (group, what changes, overrides). Overrides: VLMConfig fields, stage1_llm, image_loss, stages, curriculum, paint.
 CONFIG_OVERRIDES = ("image_tokens", "projector", "image_positions", "layout")
 VARIANTS = {
     "baseline":      ("", "baseline: all patches, linear, positions, question first, stage 1 = projection only, lookup drill", {}),
@@ -58,17 +60,20 @@ VARIANTS = {
     "image_first":   ("5 the lookup", "image before the question (LLaVA layout)", {"layout": "image-first"}),
     "no_positions":  ("5 the lookup", "no learned image positions (LLaVA)", {"image_positions": "none"}),
     "no_curriculum": ("5 the lookup", "stage 2 without the lookup drills (full mix from the first step)", {"curriculum": ()}),
+    "no_paint":      ("6 colour apart from shape", "no repainted pictures in stage 2", {"paint": False}),
 }
 # the order rows are run in (most telling first, so a stopped run has measured what matters most)
-ORDER = ["baseline", "no_curriculum", "first", "mean", "image_first", "no_positions", "image_loss", "stage1_last_n", "one_stage", "mlp",
-         "stage1_all"]
+ORDER = ["baseline", "no_curriculum", "no_paint", "first", "mean", "image_first", "no_positions", "image_loss", "stage1_last_n",
+         "one_stage", "mlp", "stage1_all"]
 # the groups of the table, each with the baseline as its reference row
 GROUPS = {"1 image tokens": ["baseline", "first", "mean"], "2 loss on image positions": ["baseline", "image_loss"],
           "3 stage-1 freeze": ["baseline", "stage1_last_n", "stage1_all", "one_stage"], "4 projection": ["baseline", "mlp"],
-          "5 the lookup": ["baseline", "no_curriculum", "image_first", "no_positions"]}
+          "5 the lookup": ["baseline", "no_curriculum", "image_first", "no_positions"],
+          "6 colour apart from shape": ["baseline", "no_paint"]}
 BASELINE_LABEL = {"1 image tokens": "all patches (LLaVA, baseline)", "2 loss on image positions": "answer tokens only (baseline)",
                   "3 stage-1 freeze": "stage 1: projection only, LLM frozen (baseline; LLaVA-1/minimind-v)", "4 projection": "linear, no bias (baseline)",
-                  "5 the lookup": "question first, learned positions, lookup drill (baseline)"}
+                  "5 the lookup": "question first, learned positions, lookup drill (baseline)",
+                  "6 colour apart from shape": f"{PAINT_SHARE:.0%} of the pictures also repainted, asked their shapes (baseline)"}
 
 
 def build_variant(gpt, cfg: VLMConfig, overrides: dict) -> VLM:
@@ -89,7 +94,8 @@ def run_variant(name: str, ctx: dict) -> dict:
         if stage == "pretrain":
             phases = [(caption_conversations(sp.train, vlm.config.layout), 1.0)]
         else:
-            phases = sft_phases(sp.train, rng, vlm.config.layout, ov.get("curriculum", CURRICULUM))
+            phases = sft_phases(sp.train, rng, vlm.config.layout, ov.get("curriculum", CURRICULUM),
+                                ctx["painted"] if ov.get("paint", True) else ())
         phases = [(encode(vlm, tok, convs), share) for convs, share in phases]
         if ov.get("image_loss"):
             phases = [(with_image_loss(ex, vlm.config.image_token_id), share) for ex, share in phases]
@@ -106,7 +112,8 @@ def run_variant(name: str, ctx: dict) -> dict:
     vqa = score(vlm, tok, ctx["items"], feats, dev)
     desc = score(vlm, tok, ctx["describe"], feats, dev)
     combo = score(vlm, tok, ctx["combo"], feats, dev)
-    out.update(vqa_accuracy=round(vqa["overall"], 4), by_type=vqa["by_type"] | {"describe": round(desc["overall"], 4)}, heldout_combo_accuracy=round(combo["overall"], 4),
+    out.update(vqa_accuracy=round(vqa["overall"], 4), by_type=vqa["by_type"] | {"describe": round(desc["overall"], 4)},
+               heldout_combo_accuracy=round(combo["overall"], 4), heldout_combo_by_type=combo["by_type"],
                image_tokens_per_image=vlm.tokens_per_image, train_s=round(time.perf_counter() - t0, 1))
     return out
 
@@ -155,7 +162,7 @@ def table(results: dict, quick: bool, machine: str, probe: dict | None = None, p
         pre.append(f"Training per row: stage 1 {plan['pretrain']['steps']} steps × {plan['pretrain']['batch']}, stage 2 "
                    f"{plan['sft']['steps']} steps × {plan['sft']['batch']} (one stage: {plan['pretrain']['steps'] + plan['sft']['steps']} "
                    f"SFT steps), all rows from the same LLM and seed.\n")
-    head = ("| ablation | setting | VQA | " + " | ".join(types) + " | describe | held-out combos | stage-1 captions "
+    head = ("| ablation | setting | VQA | " + " | ".join(types) + " | describe | held-out combos | combos: shape | stage-1 captions "
             "| proj. grad (1st step) | train s | command |")
     lines = pre + [f"Measured on {machine}; held-out pictures, exact match of the greedy answer.", "", head,
              "|" + "---|" * (head.count("|") - 1)]
@@ -169,6 +176,7 @@ def table(results: dict, quick: bool, machine: str, probe: dict | None = None, p
             g0 = r.get("pretrain_proj_grad0", r.get("sft_proj_grad0"))
             lines.append(f"| {group} | {label} | {r['vqa_accuracy']:.1%} | " + " | ".join(f"{by.get(t, 0):.1%}" for t in types)
                          + f" | {by.get('describe', 0):.1%} | {r['heldout_combo_accuracy']:.1%} | "
+                         + f"{r.get('heldout_combo_by_type', {}).get('shape', 0):.1%} | "
                          + (f"{r['caption_accuracy']:.1%}" if "caption_accuracy" in r else "—")
                          + f" | {g0:.2e} | {r['train_s']:.0f} | `{command(n, quick)}` |")
     return "\n".join(lines) + "\n"
@@ -180,7 +188,8 @@ def setup(args, dev) -> dict:
         from step6_vlm.debug import quick_parts
         n_train, n_test, n_combo, plan = 32, 8, 8, copy.deepcopy(QUICK_PLAN)
         sp = world_splits(n_train, n_test, n_combo, seed=args.seed)
-        tok, gpt, cfg, feats = quick_parts(sp.train + sp.test + sp.combo, dev, args.seed)
+        painted = painted_scenes(sp.train, PAINT_SHARE, args.seed)
+        tok, gpt, cfg, feats = quick_parts(sp.train + sp.test + sp.combo + painted, dev, args.seed)
         src = "tiny random model (--quick)"
     else:
         from step6_vlm.loop import world_features
@@ -193,7 +202,8 @@ def setup(args, dev) -> dict:
         # cached features are the same; the evaluation uses the first n_test / n_combo held-out pictures
         sp = world_splits(n_train, max(400, n_test), max(300, n_combo), seed=args.seed)
         sp.test, sp.combo = sp.test[:n_test], sp.combo[:n_combo]
-        feats, _ = world_features(vision, proc, sp.train + sp.test + sp.combo, enc, -2, image_size(proc))
+        painted = painted_scenes(sp.train, PAINT_SHARE, args.seed)   # as train.py, after the held-out pictures
+        feats, _ = world_features(vision, proc, sp.train + sp.test + sp.combo + painted, enc, -2, image_size(proc))
         vc = vision.config
         cfg = VLMConfig(enc, vc.hidden_size, feats.shape[1], image_size(proc), image_token_id(tok))
     for stage, flag in (("pretrain", args.pretrain_steps), ("sft", args.sft_steps)):
@@ -201,11 +211,12 @@ def setup(args, dev) -> dict:
             plan[stage]["steps"] = flag
         if args.batch_size:
             plan[stage]["batch"] = args.batch_size
-    t_off, c_off = n_train, n_train + n_test
+    t_off, c_off, p_off = n_train, n_train + n_test, n_train + n_test + n_combo
     held = sp.train + sp.test
     probe = {m: probe_ceiling(feats[:len(held)], held, n_train, m) for m in ("first", "mean", "all")}
     items = [dict(it, image=it["image"] + t_off) for it in eval_items(sp.test, args.seed)]
     return {"tok": tok, "gpt": gpt, "cfg": cfg, "feats": feats, "device": dev, "splits": sp, "plan": plan,
+            "painted": [(p_off + i, s) for i, s in enumerate(painted)],
             "seed": args.seed, "src": src, "probe": probe, "items": [it for it in items if it["type"] != "describe"],
             "describe": [it for it in items if it["type"] == "describe"],
             "combo": [dict(it, image=it["image"] + c_off) for it in eval_items(sp.combo, args.seed, combo=True)

@@ -13,7 +13,7 @@ import json
 import math
 import random
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from common.errors import CourseError
-from common.world import COLORS, POSITIONS, SHAPES, SIZES, Thing, describe_scene, random_scene
+from common.world import COLORS, POSITIONS, SHAPES, SIZES, Color, Thing, describe_scene, random_scene
 
 IMAGE_SIZE = 63            # pixels per side
 GRID = 3                   # the world's 3×3 grid
@@ -61,8 +61,10 @@ def allowed_in_training(color, shape) -> bool:
 
 
 def scene_key(things) -> str:
-    """A stable identity of a scene (and so of its picture): used for splits and the feature cache."""
-    return ";".join(f"{t.row}{t.col}:{t.color.en}:{t.shape[1]}:{t.size[1]}" for t in things)
+    """A stable identity of a scene (and so of its picture): used for splits and the feature cache.
+    An off-world paint has no name, so its RGB value stands for it."""
+    return ";".join(f"{t.row}{t.col}:{t.color.en or '#%02x%02x%02x' % t.color.rgb}:{t.shape[1]}:{t.size[1]}"
+                    for t in things)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -179,19 +181,66 @@ def qa_examples(things, rng: random.Random, layout: str = "question-first", per_
 #   content, say its cell. Drilled after the first, with the full mix only afterwards.
 # The drills ask in both languages: an English-only position drill teaches English cell names only, and position
 # questions ended at 59.7% after the full mix; with both languages (and loop.batches mixing question types) 93.0%
-# (README 问题 7, item 13: stage 2 from stage 1's checkpoint, seed 1337). The default pipeline: 99.2%.
-CURRICULUM = ((("color", "shape"), 0.2), (("position",), 0.25))   # (question types, share of the stage's steps)
+# (README 问题 7, item 13: stage 2 from stage 1's checkpoint, seed 1337). The position drill is 30% of the steps: with
+# the repainted pictures below in the mix, a 25% drill (500 of 2000 steps) ended at 69% and the full mix never
+# lifted it (72.0%), a 30% one ended at 87% and reached 96.5% (README 问题 8).
+CURRICULUM = ((("color", "shape"), 0.2), (("position",), 0.3))   # (question types, share of the stage's steps)
 
 
-def sft_phases(scenes, rng: random.Random, layout: str = "question-first", drills=CURRICULUM) -> list:
+def sft_phases(scenes, rng: random.Random, layout: str = "question-first", drills=CURRICULUM, painted=()) -> list:
     """Stage 2 on the data world as [(conversations, share of the stage's steps)]: each drill (one question of
     each of its types per picture, random language), then the full mix for the rest of the steps. drills=() is
-    no curriculum. Conversations are (scene index, messages)."""
+    no curriculum. Conversations are (scene index, messages). `painted` = [(feature index, repainted scene)]
+    adds one shape question per repainted picture to each phase that asks shape questions."""
     phases = [([(i, c) for i, s in enumerate(scenes) for c in qa_examples(s, rng, layout, per_image=len(types),
-                                                                          describe_p=0.0, types=types)],
+                                                                          describe_p=0.0, types=types)]
+               + (painted_shape_questions(painted, rng, layout) if "shape" in types else []),
                share) for types, share in drills]
     full = [(i, c) for i, s in enumerate(scenes) for c in qa_examples(s, rng, layout)]
+    full += painted_shape_questions(painted, rng, layout)
     return phases + [(full, 1.0 - sum(share for _, share in drills))]
+
+
+# Off-world paints: shape apart from colour. The world's training pictures never show a red star, so whatever reads
+# the image tokens can learn "red, so not a star" as well as the shape itself; on a held-out combination that
+# shortcut answers wrong (trained without the pictures below, the model called all 60 orange squares of the held-out
+# combinations circles and 38 of 39 red stars diamonds). So some training pictures are
+# drawn again with things in paints the world does not have (≥ 80 RGB units from every world colour and from the
+# background, so never close to a held-out combination), and each is asked the shape of a repainted thing: colour
+# then says nothing about shape. README 问题 8 measures it.
+PAINT_SHARE = 0.5    # share of the training pictures drawn again with off-world paints (stage 2's shape questions)
+
+
+def offworld_color(rng: random.Random, min_dist: float = 80.0) -> Color:
+    """A paint far from every world colour and from the grey background. It has no name: it is never asked about."""
+    taken = [c.rgb for c in COLORS] + [BACKGROUND]
+    while True:
+        rgb = tuple(rng.randrange(256) for _ in range(3))
+        if min(math.dist(rgb, t) for t in taken) >= min_dist:
+            return Color("", "", rgb)
+
+
+def painted_scenes(scenes, share: float = PAINT_SHARE, seed: int = 0) -> list:
+    """Copies of the first `share` of the scenes with at least one thing (each other thing with probability 1/2)
+    in an off-world paint; size, shape and place are kept."""
+    rng = random.Random(seed + 8)
+    out = []
+    for things in scenes[:round(share * len(scenes))]:
+        keep = rng.randrange(len(things))
+        out.append([replace(t, color=offworld_color(rng)) if i == keep or rng.random() < 0.5 else t
+                    for i, t in enumerate(things)])
+    return out
+
+
+def painted_shape_questions(painted, rng: random.Random, layout: str = "question-first") -> list:
+    """One shape question per repainted picture, about a repainted thing: [(feature index, messages)] for
+    `painted` = [(feature index, scene)]."""
+    convs = []
+    for i, things in painted:
+        target = rng.choice([t for t in things if not t.color.en])
+        q, a = question("shape", things, rng, rng.choice(["zh", "en"]), target)
+        convs.append((i, [{"role": "user", "content": user_turn(q, layout)}, {"role": "assistant", "content": a}]))
+    return convs
 
 
 def cell_labels(scenes) -> torch.Tensor:
@@ -433,7 +482,7 @@ def load_real_data(sources, layout: str = "question-first") -> list:
 
 
 __all__ = ["IMAGE_SIZE", "CELL", "GRID", "HELDOUT_COMBOS", "CAPTION_PROMPTS", "DESCRIBE_PROMPTS", "QUESTION_TYPES",
-           "LAYOUTS", "user_turn", "render_scene", "caption_messages", "caption_conversations", "question", "qa_examples", "CURRICULUM", "sft_phases", "world_splits", "eval_items",
+           "LAYOUTS", "user_turn", "render_scene", "caption_messages", "caption_conversations", "question", "qa_examples", "CURRICULUM", "sft_phases", "PAINT_SHARE", "offworld_color", "painted_scenes", "painted_shape_questions", "world_splits", "eval_items",
            "load_image", "to_rgb", "load_llava_json", "load_caption_folder", "load_hf_captions", "load_real_data",
            "scene_key", "file_key", "allowed_in_training", "COLORS", "SHAPES", "SIZES", "POSITIONS"]
 

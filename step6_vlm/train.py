@@ -2,7 +2,7 @@
 (image → caption), 2 = SFT (image + question → answer; on the data world it starts with two short drills of
 questions, data.CURRICULUM). Which parameters learn is FREEZE_TABLE in model.py.
 
-    python train.py                              # runs the missing stages: clip → pretrain → sft (2-core CPU: 10–17 min)
+    python train.py                              # runs the missing stages: clip → pretrain → sft (2-core CPU: 12–20 min)
     python train.py --stage sft                  # one stage
     python train.py --stages clip,pretrain,sft   # all, in order, even if they exist
     python train.py --quick                      # seconds-long smoke run (makes missing inputs)
@@ -24,8 +24,8 @@ from common.device import autocast, pick_device, pick_dtype, seed_everything
 from common.errors import CourseError
 from common.training import RunLogger, lr_at, print_summary
 from step2_gpt.model import GPT, GPTConfig, load_gpt
-from step6_vlm.data import (CURRICULUM, LAYOUTS, caption_conversations, eval_items, image_key, load_image, load_real_data,
-                            sft_phases, world_splits)
+from step6_vlm.data import (CURRICULUM, LAYOUTS, PAINT_SHARE, caption_conversations, eval_items, image_key, load_image,
+                            load_real_data, painted_scenes, sft_phases, world_splits)
 from step6_vlm.loop import batches, caption_items, collate, encode, oracle_features, score, world_features
 from step6_vlm.model import (DEFAULT_LAST_N, DEFAULT_STAGE1_LLM, STAGE1_LLM_CHOICES, VLM, VLMConfig, apply_freeze,
                              connector_params, image_token_id, load_vlm, save_vlm)
@@ -37,7 +37,7 @@ OUT = {"pretrain": RUNS_DIR / "vlm_pretrain", "sft": RUNS_DIR / "vlm_sft"}
 # steps, batch size, LLM lr, projection lr per stage on the data world: the configuration measured in the
 # README (a shared 2-core CPU). Longer runs (--max-steps, --epochs) are what a free machine should use.
 PLAN = {"pretrain": dict(steps=80, batch=64, lr=1e-3, proj_lr=2e-3),
-        "sft": dict(steps=2000, batch=32, lr=1e-3, proj_lr=1e-3)}
+        "sft": dict(steps=2500, batch=32, lr=1e-3, proj_lr=1e-3)}
 
 
 def parse():
@@ -57,6 +57,7 @@ def parse():
     a("--eval-images", type=int, default=400, help="评估图像数 held-out pictures (and 300 held-out combinations)")
     a("--cache-dir", default=None, help="特征缓存目录 where frozen features are cached (default runs/feature_cache)")
     a("--no-curriculum", action="store_true", help="阶段2不先练 skip stage 2's two drills (colour/shape, then position questions) and train on the full mix from the first step")
+    a("--paint-share", type=float, default=PAINT_SHARE, help="异色重绘比例 share of training pictures drawn again in off-world paints for stage 2's shape questions (0: none)")
     a("--oracle-features", action="store_true", help="调试：完美特征 replace the encoder's features by one-hot facts per cell (is the LLM the bottleneck?)")
     a("--no-cache", action="store_true", help="不用特征缓存 run the frozen encoder on every step (slow; for the bench)")
     return p.parse_args()
@@ -177,8 +178,12 @@ def main():
     stages = stage_list(args)
     if args.oracle_features and (args.data or args.no_cache):
         raise CourseError("--oracle-features describes data-world pictures only; leave out --data and --no-cache")
+    if not 0 <= args.paint_share <= 1:
+        raise CourseError(f"--paint-share is a share of the training pictures: give a number from 0 to 1, not {args.paint_share}")
     n_train, n_test, n_combo = (300, 40, 30) if args.quick else (args.images, args.eval_images, 300)
     sp = world_splits(n_train, n_test, n_combo, seed=args.seed)
+    # repainted copies of training pictures (data.PAINT_SHARE); their features go after the world's splits
+    painted = [] if args.oracle_features or args.data else painted_scenes(sp.train, args.paint_share, args.seed)
     summary = {"stages_run": stages}
     if "clip" in stages:
         from step6_vlm.train_clip import train_clip
@@ -193,10 +198,10 @@ def main():
         feats = oracle_features(sp.train + sp.test + sp.combo, vision.config.hidden_size)
         print("--oracle-features: each patch holds its cell's facts as one-hots (debugging: is the LLM the bottleneck?)", file=sys.stderr)
     else:
-        feats, n_enc = world_features(vision, proc, sp.train + sp.test + sp.combo, enc_name, args.feature_layer, size,
+        feats, n_enc = world_features(vision, proc, sp.train + sp.test + sp.combo + painted, enc_name, args.feature_layer, size,
                                       use_cache=not args.no_cache, cache_root=args.cache_dir)
         print(f"features {tuple(feats.shape)} from {enc_name} ({n_enc} pictures encoded, the rest from the cache)", file=sys.stderr)
-    test_off, combo_off = n_train, n_train + n_test
+    test_off, combo_off, painted_off = n_train, n_train + n_test, n_train + n_test + n_combo
     real = load_real_data(args.data, args.layout) if args.data else None
     if real:  # real images go through the same cache, keyed by file content, after the world's pictures
         keys = [image_key(r["image"]) for r in real]
@@ -209,7 +214,7 @@ def main():
     if args.no_cache:
         from step6_vlm.data import render_scene
         from step6_vlm.vision import preprocess
-        args.pixels = preprocess(proc, [render_scene(s, size) for s in sp.train])
+        args.pixels = preprocess(proc, [render_scene(s, size) for s in sp.train + sp.test + sp.combo + painted])  # as feats
     gpt, tok, init_from = init_llm(args.init, args.quick)
     image_token_id(tok)
     vc = vision.config
@@ -251,12 +256,16 @@ def main():
             phases = [(convs, 1.0)]
         else:  # the lookup drills, then about 3 one-question conversations per picture
             drills = () if args.no_curriculum else CURRICULUM
-            phases = sft_phases(sp.train, rng, vlm.config.layout, drills)
+            phases = sft_phases(sp.train, rng, vlm.config.layout, drills,
+                                [(painted_off + i, s) for i, s in enumerate(painted)])
             for (types, _), (convs, share) in zip(drills, phases):
                 print(f"[sft] drill: {share:.0%} of the steps on {len(convs)} {'/'.join(types)} questions",
                       file=sys.stderr)
             print(f"[sft] then the full mix: {phases[-1][1]:.0%} of the steps on {len(phases[-1][0])} conversations",
                   file=sys.stderr)
+            if painted:
+                print(f"[sft] each phase with shape questions includes one about each of {len(painted)} repainted pictures "
+                      f"(off-world paints, --paint-share {args.paint_share})", file=sys.stderr)
         phases = [(encode(vlm, tok, c), share) for c, share in phases]
         m = train_stage(stage, vlm, tok, phases, feats, args, outs[stage], dev, dtype, evaluate)
         print(f"[{stage}] held-out VQA {m['vqa_accuracy']:.1%} {m['vqa_accuracy_by_type']}  held-out combinations "

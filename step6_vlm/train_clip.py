@@ -128,15 +128,31 @@ def cell_patch_index(n_patches: int) -> list:
     return [int((r + 0.5) / 3 * g) * g + int((c + 0.5) / 3 * g) for r in range(3) for c in range(3)]
 
 
-def linear_probe(train_feats, train_scenes, test_feats, test_scenes, steps: int = 300, extra=None) -> dict:
+def novel_cells(scenes) -> torch.Tensor:
+    """(N, 9) bool: the grid cells that hold a thing of a never-trained colour+shape combination."""
+    mask = torch.zeros(len(scenes), 9, dtype=torch.bool)
+    for i, s in enumerate(scenes):
+        for t in s:
+            mask[i, t.row * 3 + t.col] = not allowed_in_training(t.color, t.shape)
+    return mask
+
+
+def linear_probe(train_feats, train_scenes, test_feats, test_scenes, combo_feats=None, combo_scenes=None,
+                 steps: int = 300) -> dict:
     """Can a linear map read each cell's occupancy (= position), colour, shape and size — and, for an occupied
     cell, which cell it is — from the frozen patch features? If not, no projection (which is linear by default)
-    can hand them to the LLM."""
+    can hand them to the LLM. With held-out combination pictures, the colour and shape maps are also scored on
+    the things of never-trained combinations ("color_novel", "shape_novel"): features that tie a shape to the
+    colours it was seen in fail there, and the VLM cannot do better on those things than its encoder allows."""
     idx = cell_patch_index(train_feats.shape[1])
-    xtr, xte = train_feats[:, idx].reshape(-1, train_feats.shape[-1]), test_feats[:, idx].reshape(-1, test_feats.shape[-1])
+    flat = lambda f: f[:, idx].reshape(-1, f.shape[-1])  # noqa: E731  (N, P, D) → (N·9, D), one row per grid cell
+    xtr, xte = flat(train_feats), flat(test_feats)
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
     xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
     ytr, yte = cell_labels(train_scenes).reshape(-1, 3), cell_labels(test_scenes).reshape(-1, 3)
+    if combo_feats is not None:
+        novel = novel_cells(combo_scenes).reshape(-1)
+        xco, yco = ((flat(combo_feats) - mu) / sd)[novel], cell_labels(combo_scenes).reshape(-1, 3)[novel]
     out = {}
     names = ["color", "shape", "size"]
     # "position" = is this cell occupied; "cell" = which of the 9 cells an OCCUPIED patch is (what a question like
@@ -159,6 +175,8 @@ def linear_probe(train_feats, train_scenes, test_feats, test_scenes, steps: int 
             opt.step()
         with torch.no_grad():
             out[name] = round((xte[keep_b] @ w + b).argmax(-1).eq(yb[keep_b]).float().mean().item(), 4)
+            if combo_feats is not None and name in ("color", "shape"):
+                out[f"{name}_novel"] = round((xco @ w + b).argmax(-1).eq(yco[:, j - 1]).float().mean().item(), 4)
     return out
 
 
@@ -230,7 +248,8 @@ def train_clip(out=CLIP_DIR, steps: int = 1000, batch_pairs: int = 128, lr: floa
     enc = CLIPVisionModel.from_pretrained(out).eval()  # the VLM's own loading call
     probe_n = min(3000, n_pairs)  # the first scene of each pair, fitted on training pictures, scored on held-out ones
     probe = {layer: linear_probe(patch_features(enc, pix[0:2 * probe_n:2], layer), [a for a, _ in pairs[:probe_n]],
-                                 patch_features(enc, test_pix, layer), sp.test) for layer in (-1, -2)}
+                                 patch_features(enc, test_pix, layer), sp.test,
+                                 patch_features(enc, combo_pix, layer), sp.combo) for layer in (-1, -2)}
     metrics = {"clip_retrieval_acc": round(acc, 4), "clip_retrieval_acc_combo": round(acc_combo, 4),
                "retrieval_candidates": len(sp.test), "probe_layer_-2": probe[-2], "probe_layer_-1": probe[-1],
                "clip_params": sum(p.numel() for p in model.parameters()),

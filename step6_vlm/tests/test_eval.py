@@ -222,7 +222,7 @@ def test_one_stage_row_skips_stage_one(tok):
     items = [dict(it, image=it["image"] + 6) for it in eval_items(sp.test, 1)]
     plan = {s: dict(steps=1, batch=2, lr=1e-3, proj_lr=1e-3) for s in ("pretrain", "sft")}
     ctx = {"tok": tok, "gpt": base.llm, "cfg": base.config, "feats": torch.randn(8, 9, 32), "device": "cpu", "splits": sp,
-           "plan": plan, "seed": 0, "items": [i for i in items if i["type"] != "describe"],
+           "plan": plan, "seed": 0, "painted": [], "items": [i for i in items if i["type"] != "describe"],
            "describe": [i for i in items if i["type"] == "describe"], "combo": [],
            "captions": [dict(it, image=it["image"] + 6) for it in caption_items(sp.test, 1)]}
     one, two = run_variant("one_stage", ctx), run_variant("baseline", ctx)
@@ -280,3 +280,24 @@ def test_oracle_features_hold_each_cells_facts():
     assert f[0, [j for j in range(9) if j != k], 9:].sum() == 0              # empty cells say only where they are
     with pytest.raises(CourseError):
         oracle_features([[t]], 16)
+
+
+def test_probe_tells_entangled_features_on_never_trained_combinations():
+    from step6_vlm.data import world_splits
+    from step6_vlm.train_clip import linear_probe
+    sp = world_splits(300, 60, 60, seed=2)
+
+    def feats(scenes, entangled):  # (N, 9, D): colour and shape apart, or one unit per colour+shape pair
+        f = torch.zeros(len(scenes), 9, 64)
+        for n, sc in enumerate(scenes):
+            for t in sc:
+                c, s = COLORS.index(t.color), [x[1] for x in SHAPES].index(t.shape[1])
+                f[n, 3 * t.row + t.col, [c * 6 + s] if entangled else [c, 8 + s]] = 1.0
+                f[n, 3 * t.row + t.col, 63] = 1.0                     # occupied
+        return f
+
+    apart, tied = (linear_probe(feats(sp.train, e), sp.train, feats(sp.test, e), sp.test, feats(sp.combo, e), sp.combo)
+                   for e in (False, True))
+    assert apart["shape"] == tied["shape"] == 1.0                      # the same on held-out pictures
+    assert apart["shape_novel"] == apart["color_novel"] == 1.0
+    assert tied["shape_novel"] < 0.5                                   # a never-trained pair's unit was never read

@@ -369,6 +369,9 @@ def test_cli_bad_inputs_give_one_line(tmp_path):
              "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache"))
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "offline" in lines[0] and "Traceback" not in r.stderr
+    r = _cli("step6_vlm/train.py", "--quick", "--stage", "sft", "--paint-share", "1.5", "--out", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --paint-share is a share of the training pictures: give a number from 0 to 1, not 1.5"]
 
 
 @pytest.mark.notebook
@@ -418,3 +421,33 @@ def test_twins_change_one_thing_and_shape_twins_weigh_shape():
 
     one, three = shape_share(1), shape_share(3)
     assert 0.1 < one < 0.3 and three > one + 0.15       # 1 of 5 kinds vs 3 of 7
+
+
+def test_painted_pictures_keep_everything_but_the_paint_and_are_asked_only_shapes():
+    import math
+    from common.world import COLORS
+    from step6_vlm.data import BACKGROUND, CURRICULUM, painted_scenes, scene_key, sft_phases, world_splits
+    scenes = world_splits(400, 1, 1, seed=0).train
+    painted = painted_scenes(scenes, 0.5, seed=0)
+    assert len(painted) == 200
+    for s, p in zip(scenes, painted):
+        assert [(t.shape, t.size, t.row, t.col) for t in s] == [(t.shape, t.size, t.row, t.col) for t in p]
+        new = [t for t in p if not t.color.en]
+        assert new and all(t in s for t in p if t.color.en)          # ≥ 1 repainted; the rest untouched
+        for t in new:  # far from every world colour (so from every held-out combination) and from the background
+            assert min(math.dist(t.color.rgb, c) for c in [c.rgb for c in COLORS] + [BACKGROUND]) >= 80
+    assert len({scene_key(p) for p in painted}) == len(painted)      # a paint is part of the picture's cache key
+    by_shape = {}
+    for p in painted:
+        for t in p:
+            if not t.color.en:
+                by_shape.setdefault(t.shape[1], set()).add(t.color.rgb)
+    assert len(by_shape) == 6 and min(map(len, by_shape.values())) > 20   # every shape in many paints
+
+    offset = 10_000   # the repainted pictures' features come after the world's splits
+    (cs, _), (pos, _), (full, _) = sft_phases(scenes, random.Random(0), "question-first", CURRICULUM,
+                                              [(offset + i, p) for i, p in enumerate(painted)])
+    assert [sum(i >= offset for i, _ in ph) for ph in (cs, pos, full)] == [200, 0, 200]   # shape phases only
+    for i, (q, a) in [(i, m) for i, m in full if i >= offset]:
+        asked = [t for t in painted[i - offset] if t.position[0] in q["content"] or f"at the {t.position[1]}?" in q["content"]]
+        assert len(asked) == 1 and not asked[0].color.en and a["content"] in asked[0].shape   # a repainted thing's shape
