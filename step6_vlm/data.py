@@ -160,7 +160,7 @@ def question(qtype: str, things, rng: random.Random, lang: str, target: Thing | 
 
 
 def qa_examples(things, rng: random.Random, layout: str = "question-first", per_image: int = 3,
-                describe_p: float = 0.15, types=("color", "shape", "count", "position"), langs=("zh", "en")) -> list:
+                describe_p: float = 0.15, types=("color", "shape", "count", "position")) -> list:
     """Stage-2 conversations about one image: up to `per_image` different question types (a description
     among them with probability `describe_p`), each its own one-question conversation in a random language,
     so every question sits where the layout puts it next to the picture. Evaluation asks one question too."""
@@ -168,7 +168,7 @@ def qa_examples(things, rng: random.Random, layout: str = "question-first", per_
     rng.shuffle(types)
     convs = []
     for qt in types[:per_image]:
-        qa = question(qt, things, rng, rng.choice(langs))
+        qa = question(qt, things, rng, rng.choice(["zh", "en"]))
         if qa:  # a position question has no single answer when the scene has two things alike
             convs.append([{"role": "user", "content": user_turn(qa[0], layout)}, {"role": "assistant", "content": qa[1]}])
     return convs

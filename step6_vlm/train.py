@@ -182,8 +182,9 @@ def main():
         raise CourseError(f"--paint-share is a share of the training pictures: give a number from 0 to 1, not {args.paint_share}")
     n_train, n_test, n_combo = (300, 40, 30) if args.quick else (args.images, args.eval_images, 300)
     sp = world_splits(n_train, n_test, n_combo, seed=args.seed)
-    # repainted copies of training pictures (data.PAINT_SHARE); their features go after the world's splits
-    painted = [] if args.oracle_features or args.data else painted_scenes(sp.train, args.paint_share, args.seed)
+    # repainted copies of training pictures (data.PAINT_SHARE) for stage 2; their features go after the world's splits
+    use_paint = "sft" in stages and not (args.oracle_features or args.data)
+    painted = painted_scenes(sp.train, args.paint_share, args.seed) if use_paint else []
     summary = {"stages_run": stages}
     if "clip" in stages:
         from step6_vlm.train_clip import train_clip
