@@ -220,14 +220,14 @@ def offworld_color(rng: random.Random, min_dist: float = 80.0) -> Color:
             return Color("", "", rgb)
 
 
-def painted_scenes(scenes, share: float = PAINT_SHARE, seed: int = 0) -> list:
+def painted_scenes(scenes, share: float = PAINT_SHARE, seed: int = 0, paint=offworld_color) -> list:
     """Copies of the first `share` of the scenes with at least one thing (each other thing with probability 1/2)
-    in an off-world paint; size, shape and place are kept."""
+    in a colour drawn by `paint(rng)` (default: an off-world paint); size, shape and place are kept."""
     rng = random.Random(seed + 8)
     out = []
     for things in scenes[:round(share * len(scenes))]:
         keep = rng.randrange(len(things))
-        out.append([replace(t, color=offworld_color(rng)) if i == keep or rng.random() < 0.5 else t
+        out.append([replace(t, color=paint(rng)) if i == keep or rng.random() < 0.5 else t
                     for i, t in enumerate(things)])
     return out
 

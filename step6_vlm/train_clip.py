@@ -6,7 +6,8 @@ saved with `save_pretrained`, so the VLM loads it with the very same `CLIPVision
 
 Why each detail: 63×63 pictures in 21-pixel patches (one patch = one grid cell, 9 patches); every batch
 holds pairs of scenes that differ in ONE attribute (a colour, a shape, a size, a place, one thing more or
-less), so matching a picture to its caption needs every attribute, not just the easiest one.
+less), so matching a picture to its caption needs every attribute, not just the easiest one; and part of the
+pictures are painted in colours only this CLIP knows (EXTRA_COLORS), so a shape is seen in 15 colours, not 7.
 """
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
@@ -25,12 +26,24 @@ from common.cli import course_parser, run
 from common.device import pick_device, seed_everything
 from common.errors import CourseError
 from common.training import RunLogger, lr_at, print_summary
-from common.world import COLORS, SHAPES, SIZES, describe_scene, random_scene
-from step6_vlm.data import CELL, IMAGE_SIZE, allowed_in_training, cell_labels, render_scene, scene_key, world_splits
+from common.world import COLORS, SHAPES, SIZES, Color, describe_scene, random_scene
+from step6_vlm.data import (CELL, IMAGE_SIZE, allowed_in_training, cell_labels, painted_scenes, render_scene, scene_key,
+                            world_splits)
 from step6_vlm.vision import CLIP_DIR, patch_features, preprocess
 
 WORD = re.compile(r"\w+|[^\w\s]")
 TEXT_FILE = "clip_text_vocab.json"
+
+# Colours only stage 0 knows, each ≥ 85 RGB units from every world colour and from the grey background.
+# Why: a shape reaches the encoder as its mask times (colour − background), so each colour shows the same
+# shape as a different pattern. Seen in only the 7 colours the world allows per shape, the encoder can
+# learn a "star" detector per colour, and a red star (never trained) then looks like no star at all.
+# A real CLIP has seen every shape in hundreds of colours; these 8 extra, named only in the CLIP's own
+# captions (the VLM never sees or asks them), push our small CLIP toward one detector for every colour.
+EXTRA_COLORS = [Color("", "pink", (250, 140, 200)), Color("", "cyan", (40, 210, 220)),
+                Color("", "brown", (120, 70, 20)), Color("", "lime", (160, 230, 40)),
+                Color("", "navy", (20, 20, 120)), Color("", "magenta", (230, 40, 230)),
+                Color("", "teal", (0, 120, 120)), Color("", "olive", (120, 120, 0))]
 
 
 class CaptionVocab:
@@ -44,7 +57,7 @@ class CaptionVocab:
     @classmethod
     def for_world(cls):
         words = ["there", "is", "are", "shape", "shapes", "a", "at", "the", "and", ":", ",", ".", *"123456789"]
-        for c in COLORS:
+        for c in COLORS + EXTRA_COLORS:
             words.append(c.en)
         for zh, en in SHAPES + SIZES:
             words.append(en)
@@ -180,9 +193,9 @@ def linear_probe(train_feats, train_scenes, test_feats, test_scenes, combo_feats
     return out
 
 
-def train_clip(out=CLIP_DIR, steps: int = 1000, batch_pairs: int = 128, lr: float = 2e-3, width: int = 128,
+def train_clip(out=CLIP_DIR, steps: int = 1500, batch_pairs: int = 128, lr: float = 2e-3, width: int = 128,
                layers: int = 4, n_images: int = 8000, seed: int = 1337, device: str = "cpu", log=True,
-               splits=None, shape_twins: int = 3) -> dict:
+               splits=None, shape_twins: int = 3, extra_colors: float = 0.5) -> dict:
     """Train, evaluate (retrieval + probe), save. Returns the metrics."""
     from transformers import CLIPModel
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -198,6 +211,9 @@ def train_clip(out=CLIP_DIR, steps: int = 1000, batch_pairs: int = 128, lr: floa
     test_keys = {scene_key(s) for s in sp.test + sp.combo}
     pairs = [(s, twin(s, rng, shape_twins)) for s in sp.train]
     pairs = [(a, b) for a, b in pairs if scene_key(b) not in test_keys]
+    n_world = len(pairs)  # the probe below is fitted on these: the painted ones have no world colour to name
+    painted = painted_scenes(sp.train, extra_colors, seed, paint=lambda r: r.choice(EXTRA_COLORS))
+    pairs += [(s, twin(s, rng, shape_twins)) for s in painted]
     scenes = [s for p in pairs for s in p]
     pix = preprocess(proc, [render_scene(s) for s in scenes])                    # (2N, 3, 63, 63)
     ids, mask = vocab.batch([describe_scene(s, "en") for s in scenes])            # (2N, L)
@@ -246,7 +262,7 @@ def train_clip(out=CLIP_DIR, steps: int = 1000, batch_pairs: int = 128, lr: floa
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()  # the unused text tower is expected when loading only the vision tower
     enc = CLIPVisionModel.from_pretrained(out).eval()  # the VLM's own loading call
-    probe_n = min(3000, n_pairs)  # the first scene of each pair, fitted on training pictures, scored on held-out ones
+    probe_n = min(3000, n_world)  # the first scene of each pair, fitted on training pictures, scored on held-out ones
     probe = {layer: linear_probe(patch_features(enc, pix[0:2 * probe_n:2], layer), [a for a, _ in pairs[:probe_n]],
                                  patch_features(enc, test_pix, layer), sp.test,
                                  patch_features(enc, combo_pix, layer), sp.combo) for layer in (-1, -2)}
@@ -261,19 +277,22 @@ def train_clip(out=CLIP_DIR, steps: int = 1000, batch_pairs: int = 128, lr: floa
 def main():
     p = course_parser("Stage 0: train a small CLIP on the data world (阶段0：在玩具世界上对比学习训练小CLIP)",
                       out=str(CLIP_DIR), lr=2e-3)
-    p.add_argument("--steps", type=int, default=1000, help="优化步数 contrastive training steps")
+    p.add_argument("--steps", type=int, default=1500, help="优化步数 contrastive training steps")
     p.add_argument("--width", type=int, default=128, help="编码器宽度 transformer width of both towers")
     p.add_argument("--layers", type=int, default=4, help="视觉层数 vision transformer layers")
     p.add_argument("--images", type=int, default=8000, help="训练图像数 number of training scenes")
     p.add_argument("--shape-twins", type=int, default=3, help="形状孪生权重 draw a shape-changed twin this many times as often as each other kind")
+    p.add_argument("--extra-colors", type=float, default=0.5, help="额外颜色比例 add this share of the training scenes again, painted in stage-0-only colours")
     args = p.parse_args()
     if args.shape_twins < 1:
         raise CourseError("--shape-twins is a weight: use 1 or more")
+    if not 0 <= args.extra_colors <= 1:
+        raise CourseError(f"--extra-colors is a share of the training scenes: use 0 to 1, not {args.extra_colors}")
     steps = args.max_steps or (60 if args.quick else args.steps)
     n_images = 500 if args.quick else args.images
     m = train_clip(pathlib.Path(args.out), steps=steps, batch_pairs=args.batch_size or 128, lr=args.lr,
                    width=args.width, layers=args.layers, n_images=n_images, seed=args.seed, device=args.device,
-                   shape_twins=args.shape_twins)
+                   shape_twins=args.shape_twins, extra_colors=args.extra_colors)
     print(f"zero-shot image→text retrieval among {m['retrieval_candidates']} held-out captions: "
           f"{m['clip_retrieval_acc']:.1%} (held-out combinations: {m['clip_retrieval_acc_combo']:.1%})")
     print(f"linear probe on frozen patch features (layer -2): {m['probe_layer_-2']}  (layer -1: {m['probe_layer_-1']})")

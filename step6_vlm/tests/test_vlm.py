@@ -423,6 +423,26 @@ def test_twins_change_one_thing_and_shape_twins_weigh_shape():
     assert 0.1 < one < 0.3 and three > one + 0.15       # 1 of 5 kinds vs 3 of 7
 
 
+def test_stage0_extra_colours_are_new_named_and_give_every_shape_many_colours():
+    import math
+    from common.world import COLORS, describe_scene
+    from step6_vlm.data import BACKGROUND, painted_scenes, world_splits
+    from step6_vlm.train_clip import EXTRA_COLORS, CaptionVocab
+    world = [c.rgb for c in COLORS] + [BACKGROUND]
+    assert all(min(math.dist(c.rgb, w) for w in world) >= 80 for c in EXTRA_COLORS)
+    assert not {c.en for c in EXTRA_COLORS} & {c.en for c in COLORS} and all(c.en and not c.zh for c in EXTRA_COLORS)
+    scenes = world_splits(400, 1, 1, seed=0).train
+    painted = painted_scenes(scenes, 0.5, seed=0, paint=lambda r: r.choice(EXTRA_COLORS))
+    vocab = CaptionVocab.for_world()
+    seen = {}
+    for s, p in zip(scenes, painted):
+        assert [(t.shape, t.size, t.row) for t in s] == [(t.shape, t.size, t.row) for t in p]
+        assert vocab.UNK not in vocab.encode(describe_scene(p, "en"), 48)      # the CLIP can read every paint's name
+        for t in p:
+            seen.setdefault(t.shape, set()).add(t.color.en)
+    assert min(len(v) for v in seen.values()) >= 14      # each shape in (nearly) all 15 colours, not the world's 7
+
+
 def test_painted_pictures_keep_everything_but_the_paint_and_are_asked_only_shapes():
     import math
     from common.world import COLORS
