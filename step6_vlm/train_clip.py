@@ -287,7 +287,7 @@ def main():
     if args.shape_twins < 1:
         raise CourseError("--shape-twins is a weight: use 1 or more")
     if not 0 <= args.extra_colors <= 1:
-        raise CourseError(f"--extra-colors is a share of the training scenes: use 0 to 1, not {args.extra_colors}")
+        raise CourseError(f"--extra-colors is a share of the training scenes: give a number from 0 to 1, not {args.extra_colors}")
     steps = args.max_steps or (60 if args.quick else args.steps)
     n_images = 500 if args.quick else args.images
     m = train_clip(pathlib.Path(args.out), steps=steps, batch_pairs=args.batch_size or 128, lr=args.lr,

@@ -372,6 +372,9 @@ def test_cli_bad_inputs_give_one_line(tmp_path):
     r = _cli("step6_vlm/train.py", "--quick", "--stage", "sft", "--paint-share", "1.5", "--out", str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: --paint-share is a share of the training pictures: give a number from 0 to 1, not 1.5"]
+    r = _cli("step6_vlm/train_clip.py", "--quick", "--extra-colors", "2", "--out", str(tmp_path / "clip"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --extra-colors is a share of the training scenes: give a number from 0 to 1, not 2.0"]
 
 
 @pytest.mark.notebook
