@@ -34,7 +34,7 @@ from step6_vlm.vision import CLIP_DIR, patch_features, preprocess
 WORD = re.compile(r"\w+|[^\w\s]")
 TEXT_FILE = "clip_text_vocab.json"
 
-# Colours only stage 0 knows, each ≥ 85 RGB units from every world colour and from the grey background.
+# Colours only stage 0 knows, each ≥ 84 RGB units from every world colour and from the grey background.
 # Why: a shape reaches the encoder as its mask times (colour − background), so each colour shows the same
 # shape as a different pattern. Seen in only the 7 colours the world allows per shape, the encoder can
 # learn a "star" detector per colour, and a red star (never trained) then looks like no star at all.
@@ -124,6 +124,21 @@ def twin(things, rng: random.Random, shape_twins: int = 1):
             return things2
 
 
+def contrastive_pairs(sp, seed: int, shape_twins: int = 3, extra_colors: float = 0.5):
+    """The fixed pool of (scene, twin) pairs stage 0 trains on, drawn once (rendering is slower than a training step
+    on a CPU): one per training scene, then one per repainted copy (EXTRA_COLORS). Returns (pairs, n_world): the
+    first n_world pairs are in world colours (the probe is fitted on those: a painted thing has no world colour)."""
+    rng = random.Random(seed)
+    held_out = {scene_key(s) for s in sp.test + sp.combo}
+    world = [(s, twin(s, rng, shape_twins)) for s in sp.train]
+    painted = painted_scenes(sp.train, extra_colors, seed, paint=lambda r: r.choice(EXTRA_COLORS))
+    painted = [(s, twin(s, rng, shape_twins)) for s in painted]
+    # A twin can land on a held-out picture (a repainted single thing painted back in a world colour often does):
+    # such pairs are dropped, so the encoder never trains on a picture the VLM is scored on.
+    world, painted = ([(a, b) for a, b in ps if scene_key(b) not in held_out] for ps in (world, painted))
+    return world + painted, len(world)
+
+
 @torch.no_grad()
 def retrieval_accuracy(model, pixel_values, ids, mask, device) -> float:
     """Zero-shot image→text: the fraction of images whose own caption scores highest among all candidates."""
@@ -206,14 +221,7 @@ def train_clip(out=CLIP_DIR, steps: int = 1500, batch_pairs: int = 128, lr: floa
     model = CLIPModel(small_clip_config(len(vocab.words), width, layers)).to(dev)
     proc = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     sp = splits or world_splits(n_train=n_images, seed=seed)
-    rng = random.Random(seed)
-    # A fixed pool of (scene, twin) pairs drawn once: rendering is slower than a training step on a CPU.
-    test_keys = {scene_key(s) for s in sp.test + sp.combo}
-    pairs = [(s, twin(s, rng, shape_twins)) for s in sp.train]
-    pairs = [(a, b) for a, b in pairs if scene_key(b) not in test_keys]
-    n_world = len(pairs)  # the probe below is fitted on these: the painted ones have no world colour to name
-    painted = painted_scenes(sp.train, extra_colors, seed, paint=lambda r: r.choice(EXTRA_COLORS))
-    pairs += [(s, twin(s, rng, shape_twins)) for s in painted]
+    pairs, n_world = contrastive_pairs(sp, seed, shape_twins, extra_colors)
     scenes = [s for p in pairs for s in p]
     pix = preprocess(proc, [render_scene(s) for s in scenes])                    # (2N, 3, 63, 63)
     ids, mask = vocab.batch([describe_scene(s, "en") for s in scenes])            # (2N, L)

@@ -446,6 +446,20 @@ def test_stage0_extra_colours_are_new_named_and_give_every_shape_many_colours():
     assert min(len(v) for v in seen.values()) >= 14      # each shape in (nearly) all 15 colours, not the world's 7
 
 
+def test_stage0_never_trains_on_a_held_out_picture():
+    # The default splits: before this rule, 12 twins of repainted scenes were held-out test pictures.
+    from step6_vlm.data import scene_key, world_splits
+    from step6_vlm.train_clip import EXTRA_COLORS, contrastive_pairs
+    sp = world_splits(8000, 400, 300, seed=1337)
+    pairs, n_world = contrastive_pairs(sp, seed=1337)
+    held_out = {scene_key(s) for s in sp.test + sp.combo}
+    assert not held_out & {scene_key(s) for p in pairs for s in p}
+    extra = {c.en for c in EXTRA_COLORS}
+    assert 7500 < n_world <= 8000 and 3900 < len(pairs) - n_world <= 4000   # 7746 and 3988
+    assert not any(t.color.en in extra for a, _ in pairs[:n_world] for t in a)       # the probe's pairs: world colours
+    assert all(any(t.color.en in extra for t in a) for a, _ in pairs[n_world:])
+
+
 def test_painted_pictures_keep_everything_but_the_paint_and_are_asked_only_shapes():
     import math
     from common.world import COLORS
