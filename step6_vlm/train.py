@@ -2,7 +2,7 @@
 (image → caption), 2 = SFT (image + question → answer; on the data world it starts with two short drills of
 questions, data.CURRICULUM). Which parameters learn is FREEZE_TABLE in model.py.
 
-    python train.py                              # runs the missing stages: clip → pretrain → sft (2-core CPU: 12–22 min)
+    python train.py                              # runs the missing stages: clip → pretrain → sft (2-core CPU: 14–22 min)
     python train.py --stage sft                  # one stage
     python train.py --stages clip,pretrain,sft   # all, in order, even if they exist
     python train.py --quick                      # seconds-long smoke run (makes missing inputs)
