@@ -1,4 +1,4 @@
-"""Checkpoint folders (design §3): written atomically, loaded without pickle, checked before use.
+"""Checkpoint folders: written atomically, loaded without pickle, checked before use.
 
 A checkpoint is a folder:
     model.safetensors    the weights (safetensors: no pickle, memory-mappable)
@@ -6,6 +6,7 @@ A checkpoint is a folder:
     tokenizer.json       the tokenizer the model was trained with (plus any other files the tokenizer saves)
     training_state.pt    optional: optimizer, RNG and loop counters for --resume (tensors and plain
                          containers only, read back with torch.load(weights_only=True))
+    best/                optional: the checkpoint with the best held-out score so far, a checkpoint itself
 """
 import json
 import os
@@ -17,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from common.errors import CourseError
+from common.files import atomic_folder, restore_folder
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -38,48 +40,50 @@ class Checkpoint:
 def save_checkpoint(folder, *, state_dict: dict, step: str, model_config: dict, train_args: dict | None = None,
                     metrics: dict | None = None, tokenizer=None, training_state: dict | None = None,
                     extra: dict | None = None) -> Path:
-    """Write a checkpoint folder atomically: everything goes into a hidden sibling folder first, which
-    then replaces `folder` by rename. A writer killed at any point leaves the previous checkpoint intact
-    (or none), never a half-written one. Run logs already in `folder` (metrics.jsonl, plots) are carried
-    over. `tokenizer` is any object with `.save(folder)`."""
+    """Write a checkpoint folder atomically (common.files.atomic_folder): a writer killed at any point leaves
+    the previous checkpoint intact (or none), never a half-written one. Run logs already in `folder`
+    (metrics.jsonl, plots) and nested checkpoints (`best/`) are carried over. `tokenizer`: any object with
+    `.save(folder)`."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    # safetensors refuses tensors that share memory (tied embeddings): store independent copies.
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    save_file(tensors, str(tmp / MODEL_FILE))
-    config = {"step": step, "model": model_config, "train_args": train_args or {}, "metrics": metrics or {},
-              **(extra or {})}
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    if tokenizer is not None:
-        tokenizer.save(tmp)
-    if training_state is not None:
-        torch.save(training_state, tmp / TRAINING_STATE_FILE)
-    if folder.is_dir():  # keep what the run logged beside the checkpoint (metrics.jsonl, loss_curve.png, ...)
-        for f in folder.iterdir():  # but never stale weights, optimizer state or tokenizer files
-            if f.is_file() and f.suffix in RUN_LOG_SUFFIXES and not (tmp / f.name).exists():
-                shutil.copy2(f, tmp / f.name)
-    _fsync_tree(tmp)
-    old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(folder, carry=_carry_run_files) as tmp:
+        # safetensors refuses tensors that share memory (tied embeddings): store independent copies.
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+        save_file(tensors, str(tmp / MODEL_FILE))
+        config = {"step": step, "model": model_config, "train_args": train_args or {}, "metrics": metrics or {},
+                  **(extra or {})}
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        if training_state is not None:
+            torch.save(training_state, tmp / TRAINING_STATE_FILE)
     return folder
 
 
-def _fsync_tree(folder: Path) -> None:
-    for f in folder.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+def _carry_run_files(old: Path, new: Path) -> None:
+    """What the run logged beside the checkpoint survives a save, but never stale weights, optimizer state
+    or tokenizer files. A nested checkpoint folder (e.g. `best/`) is carried as hard links: instant, and
+    safe because checkpoint files are only ever replaced, never changed in place."""
+    for f in old.iterdir():
+        if (new / f.name).exists():
+            continue
+        if f.is_file() and f.suffix in RUN_LOG_SUFFIXES:
+            shutil.copy2(f, new / f.name)
+        elif f.is_dir() and (f / CONFIG_FILE).is_file():
+            shutil.copytree(f, new / f.name, copy_function=_link_or_copy)
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
 
 
 def load_checkpoint(folder, *, expect_steps=None, hint: str = "", map_location="cpu") -> Checkpoint:
     """Read a checkpoint folder. `expect_steps`: the steps whose checkpoints this caller can use; any
     other is refused with a sentence naming what was expected. `hint`: the command that makes one."""
     folder = Path(folder)
+    restore_folder(folder)
     how = f" — make one with: {hint}" if hint else ""
     if not (folder / CONFIG_FILE).is_file() or not (folder / MODEL_FILE).is_file():
         raise CourseError(f"no checkpoint at {folder} (expected {CONFIG_FILE} and {MODEL_FILE}){how}")

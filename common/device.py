@@ -1,5 +1,6 @@
 """Device and dtype selection, autocast, and seeding, so every step picks hardware the same way."""
 import contextlib
+import hashlib
 import os
 import random
 
@@ -54,3 +55,21 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
+
+
+def stream_seed(seed: int, name: str) -> int:
+    """The seed of the random stream called `name` within a run seeded `seed`. Each kind of draw (which
+    scenes, which questions, which batches) gets its own named stream, so a reader sees which is which and
+    adding a draw to one stream never shifts another."""
+    digest = hashlib.blake2b(f"{seed}/{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # 63 bits: valid for random, numpy and torch alike
+
+
+def named_rng(seed: int, name: str) -> random.Random:
+    """A Python `random.Random` for the stream `name` (see stream_seed)."""
+    return random.Random(stream_seed(seed, name))
+
+
+def named_generator(seed: int, name: str) -> torch.Generator:
+    """A CPU `torch.Generator` for the stream `name` (see stream_seed)."""
+    return torch.Generator().manual_seed(stream_seed(seed, name))

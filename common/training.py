@@ -1,12 +1,50 @@
 """Training-loop helpers shared by every train.py: LR schedule, progress bar, metrics log, loss plot, summary."""
 import json
 import math
+import os
 import sys
 import time
 from collections import deque
 from pathlib import Path
 
 from tqdm import tqdm
+
+def process_start() -> float:
+    """The `time.perf_counter()` value at which this process started (Linux: from /proc; elsewhere: now), so a
+    wall time counts interpreter start-up and imports, as timing the command from the shell would."""
+    try:
+        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        age = float(open("/proc/uptime").read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        age = 0.0
+    return time.perf_counter() - age
+
+
+LOG_LINE_SECONDS = 5.0  # without a terminal, a progress line this often instead of carriage-return redraws
+
+
+class _LineFile:
+    """What a progress bar writes, as whole lines: tqdm redraws its bar with carriage returns, which a log file
+    (CI, `make course | tee`) would keep as thousands of updates glued into one line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, s: str) -> None:
+        line = s.replace("\r", "").rstrip()
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress(total: int, desc: str, **kwargs) -> tqdm:
+    """A tqdm bar on stderr: live in a terminal; elsewhere one plain line every LOG_LINE_SECONDS seconds."""
+    stream = kwargs.pop("file", sys.stderr)
+    if getattr(stream, "isatty", lambda: False)():
+        return tqdm(total=total, desc=desc, file=stream, dynamic_ncols=True, mininterval=0.5, **kwargs)
+    return tqdm(total=total, desc=desc, file=_LineFile(stream), ncols=100, mininterval=LOG_LINE_SECONDS, **kwargs)
 
 
 def lr_at(step: int, *, max_lr: float, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.1) -> float:
@@ -42,8 +80,7 @@ class RunLogger:
                 self._truncate_after(start_step)
         self.recent = deque(maxlen=avg_window)
         self.t_last = time.perf_counter()
-        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, disable=not enabled,
-                        dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
+        self.bar = progress(total_steps, desc, initial=start_step, disable=not enabled)
 
     def _truncate_after(self, start_step: int) -> None:
         if not self.metrics_path.exists():

@@ -1,4 +1,4 @@
-"""The data world (玩具世界, design §4): a seeded, bilingual little world and the text corpus about it.
+"""The data world (玩具世界): a seeded, bilingual little world and the text corpus about it.
 
 Every step draws on the same world, so the words a model learns in step 3 are the words its VLM uses in
 step 6: the COLORS, SHAPES, SIZES and grid POSITIONS below are both written about here and drawn as
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import RUNS_DIR
+from common.files import atomic_write_text
 
 # ----------------------------------------------------------------------------------------------------
 # The things in the world: (中文, English, ...). RGB values are what step 6 paints with.
@@ -288,11 +289,8 @@ def corpus_files(size_mb: float = 4.0, seed: int = 1337, out_dir=None) -> tuple:
     train_path, val_path = out / "train.txt", out / "val.txt"
     if not (train_path.is_file() and val_path.is_file()):
         train, val = build_corpus(size_mb, seed)
-        out.mkdir(parents=True, exist_ok=True)
         for path, docs in ((train_path, train), (val_path, val)):
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("\n".join(docs) + "\n", encoding="utf-8")
-            tmp.replace(path)
+            atomic_write_text(path, "\n".join(docs) + "\n")
     return train_path, val_path
 
 

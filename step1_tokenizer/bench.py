@@ -17,9 +17,10 @@ import tempfile
 import time
 
 from common.errors import CourseError
-from step1_tokenizer.demo import bytes_per_token, train_hf_bpe
-from step1_tokenizer.model import Tokenizer
-from step1_tokenizer.train import read_text_files, train_bpe
+from common.datasources import read_lines
+from step1_tokenizer.bpe import bytes_per_token
+from step1_tokenizer.hf_bpe import train_hf_bpe
+from step1_tokenizer.model import Tokenizer, train_bpe
 
 
 def timed(fn, *args, **kw):
@@ -33,7 +34,8 @@ def main():
     from common.training import print_summary
     from common.world import generate_docs, is_val
 
-    p = course_parser("Benchmark our BPE tokenizer against Hugging Face tokenizers (time, compression, parity).")
+    p = course_parser("Benchmark our BPE tokenizer against Hugging Face tokenizers (time, compression, parity).",
+                      "seed", "quick")
     p.add_argument("--text", default=None, help="语料文件 a UTF-8 text file, one document per line (default: data world)")
     p.add_argument("--mb", type=float, default=10.0, help="生成语料大小 size of the generated world corpus (MB)")
     p.add_argument("--vocab-size", type=int, default=8192, help="词表大小 vocabulary size for both trainers")
@@ -41,7 +43,7 @@ def main():
     if args.quick:
         args.mb = min(args.mb, 1.0)
     if args.text:
-        docs, source = read_text_files([args.text]), args.text
+        docs, source = read_lines(args.text), args.text
         val = docs[::50]  # every 50th line held out
         train = [d for i, d in enumerate(docs) if i % 50]
     else:

@@ -4,7 +4,8 @@ loss mask, and save/load as a Hugging Face `tokenizer.json` that encodes to the 
     python model.py --demo      # bytes → merges → tokens on a mixed 中文/English sentence, and a chat with its mask
 
 Id layout: 0..255 are the raw UTF-8 bytes (so every string can be encoded: no unknown token), then one id per
-learned merge, then the special tokens at the very end. Training lives in train.py (`train_bpe`).
+learned merge, then the special tokens at the very end. Merges are learned in bpe.py;
+`train_bpe` below wraps them into a Tokenizer.
 """
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
@@ -16,22 +17,21 @@ import regex  # the `regex` package: \p{...} Unicode classes and possessive quan
 
 from common import RUNS_DIR
 from common.errors import CourseError
+from common.files import atomic_folder
+from step1_tokenizer.bpe import SPLIT_PATTERN, SPLIT_RE, learn_merges
+from step1_tokenizer.char import CHAR_FILE, CharTokenizer
 
-# Pre-split pattern (GPT-4 style, plus Chinese). BPE never merges across chunk borders, so this decides what a
-# token may span. Alternatives, in order: English contractions ('s 're); ONE Han character (Chinese has no spaces,
-# so a Han run is a whole clause: on our small, templated world BPE would turn "左下是一个大的红色圆形" into one
-# token, or into pieces like "是一个大的红" that cut words in half; one character per chunk keeps "红色" reusable
-# everywhere); a run of other letters with at most one leading non-letter (" the", "'hello"); 1–3 digits
-# (numbers split into ≤3-digit groups); punctuation runs with an optional leading space; newlines; other
-# whitespace (the last space before a word is left to that word: `\s+(?!\S)`).
-SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|\p{Han}|[^\r\n\p{L}\p{N}]?+[^\p{Han}\P{L}]+|\p{N}{1,3}"""
-                 r"""| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+""")
-SPLIT_RE = regex.compile(SPLIT_PATTERN)
 
 # Special tokens are never produced from plain text and never split. Order = id order after the merges.
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|im_start|>", "<|im_end|>", "<image>", "<num>"]
 ROLES = ("system", "user", "assistant")
 DEFAULT_TOKENIZER_DIR = RUNS_DIR / "tokenizer"
+# The data world has ~140 English words and ~130 Han characters: with one Han character per chunk (bpe.py)
+# it supports only ~1 000 tokens in all; the README's table shows how compression levels off before that.
+DEFAULT_VOCAB = 896
+# The stand-in a quick run or a demo trains when step 1 has not been run: small, made in about a second.
+QUICK_VOCAB, QUICK_WORLD_MB = 512, 0.3
+QUICK_TOKENIZER_DIR = RUNS_DIR / "tokenizer-quick"
 HF_FILE = "tokenizer.json"           # Hugging Face format: what transformers loads
 COURSE_FILE = "bpe.json"             # our own format: the merges as id pairs, nothing else
 COURSE_FORMAT = "zero-to-vlm byte-level BPE v1"
@@ -272,23 +272,83 @@ def render_conversation(tokenizer: Tokenizer, messages, add_generation_prompt: b
     return tokenizer.render_conversation(messages, add_generation_prompt)
 
 
-def load_tokenizer(path=None) -> Tokenizer:
-    """The course tokenizer: `path`, or runs/tokenizer/ (made by step 1's train.py)."""
+def train_bpe(texts, vocab_size: int, special_tokens=SPECIAL_TOKENS, progress=None, allow_smaller: bool = True) -> Tokenizer:
+    """Learn a tokenizer of `vocab_size` entries from texts (bpe.learn_merges). Deterministic: the same texts
+    always give the same tokenizer. When every chunk has become one token there is nothing left to merge:
+    training ends there with a smaller vocabulary (check `tok.vocab_size`), or, with allow_smaller=False,
+    that is an error saying how large a vocabulary the corpus supports."""
+    special_tokens = list(special_tokens)
+    return Tokenizer(learn_merges(texts, vocab_size, len(special_tokens), progress, allow_smaller), special_tokens)
+
+
+def load_tokenizer(path=None):
+    """The tokenizer saved at `path` (a folder or file; default runs/tokenizer/, made by step 1's train.py):
+    our BPE, or a character tokenizer (char.py) for character-level runs."""
     path = Path(path) if path else DEFAULT_TOKENIZER_DIR
     if not path.exists():
         raise CourseError(f"no tokenizer at {path}; run: python step1_tokenizer/train.py")
+    if (path / CHAR_FILE).is_file() or path.name == CHAR_FILE:
+        return CharTokenizer.load(path)
     return Tokenizer.load(path)
 
 
+def course_tokenizer(path=None, *, fallback: bool = False, say=print) -> Tokenizer:
+    """The tokenizer a step uses: `path` if given, else step 1's runs/tokenizer. When that does not exist
+    and `fallback` is set (a --quick run, a demo), a small stand-in (vocab QUICK_VOCAB, trained on
+    QUICK_WORLD_MB of the data world) is trained once, kept in runs/tokenizer-quick and reused; `say` is told.
+    Without `fallback`, a missing tokenizer is an error naming the command that makes it."""
+    if path is not None:
+        return load_tokenizer(path)
+    if (DEFAULT_TOKENIZER_DIR / HF_FILE).is_file():
+        return Tokenizer.load(DEFAULT_TOKENIZER_DIR)
+    if not fallback:
+        raise CourseError(f"no tokenizer at {DEFAULT_TOKENIZER_DIR}; make it first with: "
+                          "python step1_tokenizer/train.py   (or pass --quick to use a small stand-in)")
+    if (QUICK_TOKENIZER_DIR / HF_FILE).is_file():
+        tok = Tokenizer.load(QUICK_TOKENIZER_DIR)
+    else:
+        from common.world import build_corpus
+        tok = train_bpe(build_corpus(QUICK_WORLD_MB, seed=1337)[0], QUICK_VOCAB)
+        with atomic_folder(QUICK_TOKENIZER_DIR) as tmp:
+            tok.save(tmp)
+    if say:
+        say(f"no tokenizer at {DEFAULT_TOKENIZER_DIR} (python step1_tokenizer/train.py makes it): using the "
+            f"{tok.vocab_size}-token stand-in in {QUICK_TOKENIZER_DIR}")
+    return tok
+
+
+# ----------------------------------------------------------------------------------------------------
+# python model.py --demo
+
+
+def demo():
+    """`python model.py --demo`: what BPE does to one mixed sentence, and a chat template with its mask."""
+    tok = course_tokenizer(fallback=True)
+    print(f"tokenizer: vocab_size={tok.vocab_size}")
+    text = "小明有3个苹果, Tom has 12345 apples. 🍎!"
+    print(f"\ntext:   {text}\nbytes:  {len(text.encode())} UTF-8 bytes for {len(text)} characters "
+          f"(a Han character is 3 bytes, the emoji 4)")
+    print("chunks: " + " | ".join(SPLIT_RE.findall(text)) + "   (the regex pre-split; merges never cross a |)")
+    ids = tok.encode(text)
+    print("tokens: " + "|".join(tok.token_str(i) for i in ids))
+    print(f"ids:    {ids}\n{len(ids)} tokens, {len(text.encode()) / len(ids):.2f} bytes/token; "
+          f"decode(encode(text)) == text: {tok.decode(ids) == text}")
+    print("\nbytes → merges → token, for the chunk ' apples' (lowest-rank merge first):")
+    print("  bytes:         " + "|".join(tok.token_str(b) for b in b" apples"))
+    tok._bpe(" apples".encode(), trace=lambda rank, ids: print(f"  merge rank {rank:3d}: " + "|".join(map(tok.token_str, ids))))
+    chat = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "<image>\n图中有几个图形？"},
+            {"role": "assistant", "content": "图中有2个图形。"}]
+    ids, mask = tok.render_conversation(chat)
+    print("\nchat template (tokens the loss trains on are in [brackets]):")
+    print("".join(f"[{tok.token_str(i)}]" if m else tok.token_str(i) for i, m in zip(ids, mask)))
+    print(f"{len(ids)} tokens, {sum(mask)} of them trained (mask=1)")
+
+
 def main():
-    from common.cli import course_parser
-    p = course_parser("Byte-level BPE tokenizer (the model of step 1). --demo shows it at work.")
-    p.add_argument("--demo", action="store_true", help="演示 encode a mixed 中文/English sentence and a chat")
-    args = p.parse_args()
-    if not args.demo:
-        return p.print_help()
-    from step1_tokenizer.demo import model_demo  # the printing lives with the other demos
-    model_demo()
+    from common.cli import demo_parser, wants_demo
+    if wants_demo(demo_parser("Byte-level BPE tokenizer (the model of step 1): a sentence through bytes, merges "
+                              "and tokens, and a chat with its loss mask.")):
+        demo()
 
 
 if __name__ == "__main__":

@@ -91,7 +91,8 @@ def bench_vs_hf(name, device, batch, seq, repeat, tmp):
 
 
 def main():
-    p = course_parser("Benchmark the step-2 GPT: KV cache, training speed, parity and speed vs transformers.")
+    p = course_parser("Benchmark the step-2 GPT: KV cache, training speed, parity and speed vs transformers.",
+                      "device", "dtype", "seed", "quick")
     p.add_argument("--new-tokens", type=int, default=256, help="生成长度 tokens generated in the decode benchmark")
     p.add_argument("--prompt-len", type=int, default=16, help="提示长度 prompt tokens in the decode benchmark")
     p.add_argument("--presets", default="tiny,small,base", help="训练速度测哪些规模 presets for training tokens/s")

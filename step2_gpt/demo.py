@@ -11,40 +11,15 @@ import time
 
 import torch
 
-from common import RUNS_DIR
 from common.cli import course_parser
 from common.device import pick_device
 from common.errors import CourseError
-from step2_gpt.model import load_gpt
-
-SEARCH = ["sft", "pretrain", "gpt"]  # the most trained model first
-
-
-def default_checkpoint():
-    for name in SEARCH:
-        if (RUNS_DIR / name / "config.json").is_file():
-            return RUNS_DIR / name
-    raise CourseError("no checkpoint in runs/sft, runs/pretrain or runs/gpt; make one with: "
-                      "python step2_gpt/train.py  (or pass --init FOLDER)")
-
-
-class Streamer:
-    """Prints text as tokens arrive. A token can be half of a UTF-8 character (Chinese is 3 bytes), so
-    print only once the decoded text no longer ends in the replacement character."""
-
-    def __init__(self, tok):
-        self.tok, self.ids, self.printed = tok, [], ""
-
-    def __call__(self, token):  # token: (1,) tensor, as generate's on_token gives it
-        self.ids.append(token.item())
-        text = self.tok.decode(self.ids, skip_special=True)
-        if not text.endswith("\ufffd"):
-            print(text[len(self.printed):], end="", flush=True)
-            self.printed = text
-
+from step2_gpt.model import GPT_STEPS, load_gpt, newest_gpt_checkpoint
+from step2_gpt.stream import TextStreamer
 
 def main():
-    p = course_parser("Generate from a course GPT checkpoint, with and without the KV cache.", seed=0)
+    p = course_parser("Generate from a course GPT checkpoint, with and without the KV cache.", "device", "seed",
+                      "init", seed=0)
     p.add_argument("--prompt", default="小明有3个苹果，", help="提示 the text to continue")
     p.add_argument("--max-new-tokens", type=int, default=100, help="最多生成多少 token")
     p.add_argument("--temperature", type=float, default=0.8, help="温度 0 = greedy")
@@ -53,8 +28,8 @@ def main():
     p.add_argument("--no-compare", action="store_true", help="不做无缓存对比 skip the run without KV cache")
     args = p.parse_args()
     device = pick_device(args.device)
-    init = args.init or default_checkpoint()
-    model, tok, ckpt = load_gpt(init, expect_steps=["gpt", "pretrain", "sft", "rlhf"], device=device)
+    init = args.init or newest_gpt_checkpoint()
+    model, tok, ckpt = load_gpt(init, expect_steps=GPT_STEPS, device=device)
     eos = tok.eos_id
     if ckpt.step in ("sft", "rlhf"):  # chat models expect the ChatML layout and end a turn with <|im_end|>
         ids, _ = tok.render_conversation([{"role": "user", "content": args.prompt}], add_generation_prompt=True)
@@ -73,7 +48,7 @@ def main():
     results = {}
     for label, use_cache in runs:
         torch.manual_seed(args.seed)  # same sampling noise → the same text, so only the speed differs
-        streamer = Streamer(tok) if use_cache else None
+        streamer = TextStreamer(tok, lambda piece: print(piece, end="", flush=True)) if use_cache else None
         if streamer:
             print(args.prompt, end="", flush=True)
         t = time.perf_counter()
@@ -82,6 +57,7 @@ def main():
             torch.cuda.synchronize()
         dt = time.perf_counter() - t
         if streamer:
+            streamer.finish()
             print()
         results[label] = (new, dt)
     print()

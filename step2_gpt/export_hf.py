@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 
 from common import RUNS_DIR
 from common.errors import CourseError
-from step2_gpt.model import GPT, GPTConfig
+from common.files import atomic_folder
+from step2_gpt.model import GPT, GPT_STEPS, GPTConfig, load_gpt, newest_gpt_checkpoint
 
 SPECIAL_NAMES = {"bos": "<|bos|>", "eos": "<|eos|>", "pad": "<|pad|>"}
 
@@ -83,36 +84,32 @@ def _special_ids_from_tokenizer_json(path: Path) -> dict:
 
 
 def export_model(model: GPT, out_dir, tokenizer_json=None) -> Path:
-    """Write `model` as a LlamaForCausalLM folder; copy tokenizer_json (a path) next to it if given."""
+    """Write `model` as a LlamaForCausalLM folder, atomically; copy tokenizer_json (a path) next to it if given."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     special = {}
-    if tokenizer_json is not None and Path(tokenizer_json).is_file():
-        shutil.copyfile(tokenizer_json, out / "tokenizer.json")
-        special = _special_ids_from_tokenizer_json(Path(tokenizer_json))
-        written = Path(tokenizer_json).with_name("tokenizer_config.json")  # step 1 writes one (chat template)
-        if written.is_file():
-            shutil.copyfile(written, out / "tokenizer_config.json")
-        else:
-            tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.config.block_size,
-                       **{f"{k}_token": SPECIAL_NAMES[k] for k in special}}
-            (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False))
-    config = hf_config(model.config, special)
-    save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(config, indent=2))
-    gen = {k + "_token_id": v for k, v in special.items()}
-    (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    with atomic_folder(out) as tmp:
+        if tokenizer_json is not None and Path(tokenizer_json).is_file():
+            shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
+            special = _special_ids_from_tokenizer_json(Path(tokenizer_json))
+            written = Path(tokenizer_json).with_name("tokenizer_config.json")  # step 1 writes one (chat template)
+            if written.is_file():
+                shutil.copyfile(written, tmp / "tokenizer_config.json")
+            else:
+                tok_cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.config.block_size,
+                           **{f"{k}_token": SPECIAL_NAMES[k] for k in special}}
+                (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False))
+        config = hf_config(model.config, special)
+        save_file(hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        gen = {k + "_token_id": v for k, v in special.items()}
+        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
     return out
 
 
 def export_checkpoint(ckpt_dir, out_dir) -> Path:
     """A course checkpoint folder (any step whose model is our GPT) → a LlamaForCausalLM folder."""
-    from common.checkpoint import load_checkpoint
-    ckpt = load_checkpoint(ckpt_dir, expect_steps=["gpt", "pretrain", "sft", "rlhf"],
-                           hint="python step2_gpt/train.py")
-    model = GPT(GPTConfig.from_dict(ckpt.model_config))
-    model.load_state_dict(ckpt.state_dict)
-    return export_model(model, out_dir, Path(ckpt_dir) / "tokenizer.json")
+    model, _, ckpt = load_gpt(ckpt_dir, expect_steps=GPT_STEPS, hint="python step2_gpt/train.py")
+    return export_model(model, out_dir, ckpt.path / "tokenizer.json")
 
 
 def load_hf(folder):
@@ -143,21 +140,14 @@ def same_greedy_tokens(model: GPT, hf_model, prompt, max_new_tokens: int) -> boo
 def main():
     from common.cli import course_parser
     p = course_parser("Export a course GPT checkpoint as a Hugging Face LlamaForCausalLM folder.",
-                      out=str(RUNS_DIR / "hf_llama"))
+                      "seed", "init", "out", out=str(RUNS_DIR / "hf_llama"))
     p.add_argument("--check", action="store_true", help="校验 load it with transformers and compare logits + greedy text")
     args = p.parse_args()
-    if args.init is None:
-        found = [RUNS_DIR / n for n in ("sft", "pretrain", "gpt") if (RUNS_DIR / n / "config.json").is_file()]
-        if not found:
-            raise CourseError("no checkpoint found in runs/; pass --init FOLDER or run: python step2_gpt/train.py")
-        args.init = found[0]
+    args.init = args.init or newest_gpt_checkpoint()
     out = export_checkpoint(args.init, args.out)
     print(f"exported {args.init} → {out} ({', '.join(sorted(f.name for f in out.iterdir()))})")
     if args.check:
-        from common.checkpoint import load_checkpoint
-        ckpt = load_checkpoint(args.init)
-        model = GPT(GPTConfig.from_dict(ckpt.model_config)).eval()
-        model.load_state_dict(ckpt.state_dict)
+        model, _, _ = load_gpt(args.init, expect_steps=GPT_STEPS)
         hf = load_hf(out)
         g = torch.Generator().manual_seed(args.seed)
         idx = torch.randint(0, model.config.vocab_size, (2, min(64, model.config.block_size)), generator=g)

@@ -360,19 +360,36 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
     return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)        # (B,)
 
 
-def load_gpt(path, expect_steps=None, device="cpu"):
-    """A course checkpoint folder → (model in eval mode on `device`, its tokenizer, the Checkpoint)."""
-    from common.checkpoint import check_vocab, load_checkpoint
-    from step1_tokenizer.model import Tokenizer
+# The steps whose checkpoint is a plain step-2 GPT, the most trained first: a later step starts from the newest.
+GPT_STEPS = ("rlhf", "sft", "pretrain", "gpt")
 
-    ckpt = load_checkpoint(path, expect_steps=expect_steps, hint="python step3_pretrain/train.py")
-    tokenizer = Tokenizer.load(ckpt.path)
+
+def newest_gpt_checkpoint(steps=GPT_STEPS):
+    """runs/<step> of the first of `steps` that has a checkpoint; if none has, one sentence saying what makes one."""
+    from common import RUNS_DIR
+    for name in steps:
+        if (RUNS_DIR / name / "config.json").is_file():
+            return RUNS_DIR / name
+    raise CourseError(f"no language model in {', '.join('runs/' + s for s in steps)}; make one with: "
+                      "python step3_pretrain/train.py  (or pass --init FOLDER)")
+
+
+def load_gpt(path, expect_steps=None, device="cpu", hint: str = "python step3_pretrain/train.py"):
+    """A course checkpoint folder → (model in eval mode on `device`, its tokenizer, the Checkpoint). The one
+    loader every step uses for a GPT: the wrong step, another vocabulary or weights that do not fit step 2's
+    GPT each get one sentence (with `hint`, the command that makes the expected checkpoint)."""
+    from common.checkpoint import check_vocab, load_checkpoint
+    from step1_tokenizer.model import load_tokenizer
+
+    ckpt = load_checkpoint(path, expect_steps=expect_steps, hint=hint)
+    tokenizer = load_tokenizer(ckpt.path)
     check_vocab(ckpt, tokenizer.vocab_size)
-    model = GPT(GPTConfig.from_dict(ckpt.model_config))
     try:
+        model = GPT(GPTConfig.from_dict(ckpt.model_config))
         model.load_state_dict(ckpt.state_dict, strict=True)
-    except RuntimeError as e:
-        raise CourseError(f"{ckpt.path}: weights do not fit the model config ({str(e).splitlines()[0]})") from None
+    except (RuntimeError, TypeError) as e:
+        raise CourseError(f"{ckpt.path}: the weights do not fit step 2's current GPT ({str(e).splitlines()[0][:120]}); "
+                          f"retrain it with: {hint}") from None
     return model.to(device).eval(), tokenizer, ckpt
 
 
@@ -414,24 +431,18 @@ def demo():
         print("  " + " ".join("■" if v else "·" for v in row))
 
     print("\n== an untrained model speaks (random weights: random tokens)")
-    try:
-        from step1_tokenizer.model import load_tokenizer
-        tok = load_tokenizer()
-        model = GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size)).eval()
-        prompt = tok.encode("小明有3个苹果，")
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=30, temperature=1.0)
-        print("  " + repr(tok.decode(prompt + out[0].tolist())))
-    except (ImportError, CourseError) as e:
-        out = model.generate(idx[:1], max_new_tokens=20, temperature=1.0)
-        print(f"  (no tokenizer yet: {e})\n  new ids: {out[0].tolist()}")
+    from step1_tokenizer.model import course_tokenizer
+    tok = course_tokenizer(fallback=True, say=lambda line: print("  (" + line + ")"))
+    model = GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size)).eval()
+    prompt = tok.encode("小明有3个苹果，")
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=30, temperature=1.0)
+    print("  " + repr(tok.decode(prompt + out[0].tolist())))
 
 
 def main():
-    from common.cli import course_parser
-    p = course_parser("The step-2 GPT: print its architecture, parameter counts and an untrained sample.")
-    p.add_argument("--demo", action="store_true", help="演示 show shapes, parameter counts, mask, untrained text")
-    p.parse_args()
-    demo()
+    from common.cli import demo_parser, wants_demo
+    if wants_demo(demo_parser("The step-2 GPT: its shapes, parameter counts, causal mask and an untrained sample.")):
+        demo()
 
 
 if __name__ == "__main__":

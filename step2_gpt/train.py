@@ -4,7 +4,9 @@
     python train.py --quick          # a few seconds: smaller model, fewer steps (smoke test)
 
 It prints samples before and after training and the loss going down, and writes a checkpoint
-(step "gpt") with metrics.jsonl and loss_curve.png. The real pretraining is step 3.
+(step "gpt") with metrics.jsonl and loss_curve.png. The real pretraining is step 3. Last line, one JSON object
+with the keys: step, val_loss_before, val_loss_after, first_train_loss, last_train_loss, steps, params, tokens,
+seconds, out, sample_before, sample_after.
 """
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
@@ -20,37 +22,24 @@ from common.checkpoint import save_checkpoint
 from common.cli import course_parser
 from common.device import autocast, pick_device, pick_dtype, seed_everything
 from common.errors import CourseError
+from common.datasources import expand_paths, read_lines
 from common.training import RunLogger, lr_at, print_summary
 from common.world import build_corpus
+from step1_tokenizer.model import course_tokenizer
 from step2_gpt.model import GPT, GPTConfig, load_gpt
 
 PROMPTS = ["小明有3个苹果，", "There are 2 shapes:"]
 
 
-def get_tokenizer(args, train_docs):
-    """Step 1's tokenizer from runs/tokenizer (or --tokenizer); if there is none, train a small one here."""
-    from step1_tokenizer.model import load_tokenizer
-    from step1_tokenizer.train import train_bpe
-    path = Path(args.tokenizer)
-    if (path / "tokenizer.json").is_file() or path.is_file():
-        return load_tokenizer(path), f"loaded from {path}"
-    tok = train_bpe(train_docs, args.vocab_size)
-    return tok, f"no tokenizer at {path}: trained a {args.vocab_size}-token BPE on the spot (step 1 makes the real one)"
-
-
 def read_docs(args):
-    """Documents, one per line: the data world by default, or the --data files."""
+    """(train, val) documents, one per line: the data world by default, or the --data files (every 50th
+    line held out for validation)."""
     if not args.data:
         return build_corpus(args.corpus_mb, args.seed)
-    docs = []
-    for f in args.data:
-        if not Path(f).is_file():
-            raise CourseError(f"--data {f}: no such file (give text files with one document per line)")
-        docs += [ln for ln in Path(f).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    docs = [ln for f in expand_paths(args.data) for ln in read_lines(f) if ln.strip()]
     if len(docs) < 2:
         raise CourseError("--data holds fewer than 2 documents: need some for training and one for validation")
-    n_val = max(1, len(docs) // 50)
-    return docs[n_val:], docs[:n_val]
+    return [d for i, d in enumerate(docs) if i % 50], docs[::50]
 
 
 def encode_docs(tok, docs, device):
@@ -92,15 +81,14 @@ def samples(model, tok, device, seed, n_new):
 
 def main():
     p = course_parser("Step 2: train a tiny GPT for about a minute on the data world and watch it learn.",
+                      "device", "dtype", "epochs", "max_steps", "batch_size", "lr", "seed", "size", "data", "out",
+                      "init", "compile", "quick",
                       size="tiny", max_steps=200, batch_size=8, lr=3e-3, out=str(RUNS_DIR / "gpt"))
     p.add_argument("--block-size", type=int, default=128, help="上下文长度 context length of the trained model")
-    p.add_argument("--tokenizer", default=str(RUNS_DIR / "tokenizer"), help="分词器 step-1 tokenizer folder")
-    p.add_argument("--vocab-size", type=int, default=512, help="没有分词器时现训的词表大小 vocab if one is trained here")
+    p.add_argument("--tokenizer", default=None, help="分词器 tokenizer folder (default runs/tokenizer, else a small stand-in)")
     p.add_argument("--corpus-mb", type=float, default=1.0, help="语料大小 megabytes of data-world text")
     p.add_argument("--eval-every", type=int, default=50, help="每多少步验证 steps between validation losses")
     args = p.parse_args()
-    if args.resume:
-        raise CourseError("step 2's train.py is a one-minute demo without --resume; step 3 trains for real")
     if args.quick:  # seconds: small corpus, smaller model, few steps
         args.max_steps, args.batch_size, args.corpus_mb, args.block_size, args.eval_every = 30, 16, 0.2, 64, 10
     seed_everything(args.seed)
@@ -114,7 +102,7 @@ def main():
         model, tok, _ = load_gpt(args.init, expect_steps=["gpt", "pretrain"], device=device)
         how = f"loaded with the model from {args.init}"
     else:
-        tok, how = get_tokenizer(args, train_docs)
+        tok, how = course_tokenizer(args.tokenizer, fallback=True), "step 1's (or its stand-in)"
         overrides = dict(vocab_size=tok.vocab_size, block_size=args.block_size)
         if args.quick:
             overrides.update(n_layer=2, n_embd=128, n_head=4)

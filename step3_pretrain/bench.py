@@ -10,21 +10,9 @@ The last line is JSON: time_to_target_s, target_val_loss, best_val_loss, final_v
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
 
-import os
+import json
+import subprocess
 import time
-
-
-def _process_age() -> float:
-    """Seconds since this process started (Linux: /proc), so the wall clock includes interpreter start-up and
-    imports, like timing a command from the shell. Elsewhere 0: the clock starts here."""
-    try:
-        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
-        return float(open("/proc/uptime").read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-T_START = time.perf_counter() - _process_age()
 
 import torch
 
@@ -71,11 +59,10 @@ def base_tokens_per_s(device, dtype, compile_model: bool, steps: int = 20) -> fl
 def full_val_loss(out, text, device) -> float:
     """The last checkpoint's loss on ALL non-overlapping windows of the validation split (the timed evals use a
     fixed subset to stay cheap; this says how representative that subset was)."""
+    from step2_gpt.model import load_gpt
     from step3_pretrain.data import prepare_data
-    from step3_pretrain.demo import load_pretrained
-    from step3_pretrain.model import eval_offsets
-    from step3_pretrain.train import evaluate
-    model, _, ckpt = load_pretrained(out, device)
+    from step3_pretrain.model import eval_offsets, evaluate
+    model, _, ckpt = load_gpt(out, device=device)
     a = ckpt.train_args
     _, data, _ = prepare_data([str(text)], "char", False, a.get("cache_dir"), 1.0, 0)
     offs = eval_offsets(len(data.val), a["seq_len"], 10**9)
@@ -83,8 +70,8 @@ def full_val_loss(out, text, device) -> float:
 
 
 def main():
-    from step3_pretrain.train import make_parser, train
     p = course_parser("Step 3 benchmark: tiny-shakespeare, char level, time to a target val loss (vs nanoGPT).",
+                      "device", "dtype", "max_steps", "batch_size", "lr", "seed", "out", "compile", "quick",
                       out=str(RUNS_DIR / "bench_shakespeare"))
     p.add_argument("--text", default=str(DEFAULT_TEXT), help="tiny-shakespeare 文本 the text file (not copied anywhere)")
     p.add_argument("--target", type=float, default=None, help="目标 val loss (1.88 on CPU, 1.47 on CUDA)")
@@ -109,8 +96,14 @@ def main():
     argv += [x for k, v in cfg.items() for x in (f"--{k.replace('_', '-')}", str(v))]
     if args.compile:
         argv.append("--compile")
-    print(f"benchmark config ({kind}): {cfg}, target val loss {target}")
-    s = train(make_parser().parse_args(argv), t_start=T_START)
+    print(f"benchmark config ({kind}): {cfg}, target val loss {target}", flush=True)
+    # train.py in its own process, timed from that process's start like nanoGPT's train.py; its last line is JSON.
+    r = subprocess.run([sys.executable, str(pathlib.Path(__file__).with_name("train.py")), *argv],
+                       stdout=subprocess.PIPE, text=True)
+    print(r.stdout, end="")
+    if r.returncode != 0:
+        raise CourseError(f"train.py stopped with exit status {r.returncode} (its message is above)")
+    s = json.loads(r.stdout.strip().splitlines()[-1])
 
     full_val = full_val_loss(pathlib.Path(args.out), text, device)  # after the clock: every val window, not a subset
     figures = dict(time_to_target_s=round(s["time_to_target_s"], 2) if s["time_to_target_s"] else None,

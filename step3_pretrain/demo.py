@@ -12,50 +12,16 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo roo
 import torch
 
 from common import RUNS_DIR
-from common.checkpoint import check_vocab, load_checkpoint
 from common.cli import course_parser
 from common.device import pick_device
 from common.errors import CourseError
-from step2_gpt.model import GPT, GPTConfig
-from step3_pretrain.data import load_any_tokenizer
-
-
-def load_pretrained(path, device="cpu"):
-    """(model, tokenizer, ckpt) from a pretraining checkpoint; BPE or character tokenizer alike."""
-    ckpt = load_checkpoint(path, hint="python step3_pretrain/train.py")
-    tok = load_any_tokenizer(ckpt.path)
-    check_vocab(ckpt, tok.vocab_size)
-    model = GPT(GPTConfig.from_dict(ckpt.model_config))
-    load_weights(model, ckpt)
-    return model.to(device).eval(), tok, ckpt
-
-
-def load_weights(model, ckpt):
-    """Strict load; weights from an older layout of step 2's GPT get one sentence, not a traceback."""
-    try:
-        model.load_state_dict(ckpt.state_dict)
-    except RuntimeError as e:
-        raise CourseError(f"{ckpt.path}: the weights do not fit step 2's current GPT ({str(e).splitlines()[0][:120]}); "
-                          "retrain it with: python step3_pretrain/train.py") from None
-
-
-class Streamer:
-    """Prints text as tokens arrive. A BPE token can end in the middle of a UTF-8 character (a Chinese
-    character is 3 bytes), so we print only once the decoded text no longer ends in a broken character."""
-
-    def __init__(self, tok):
-        self.tok, self.ids, self.shown = tok, [], 0
-
-    def __call__(self, token):  # token: (1,) tensor, the id just sampled
-        self.ids.append(int(token[0]))
-        text = self.tok.decode(self.ids, skip_special=True)
-        if not text.endswith("\ufffd"):
-            print(text[self.shown:], end="", flush=True)
-            self.shown = len(text)
+from step2_gpt.model import load_gpt
+from step2_gpt.stream import TextStreamer
 
 
 def main():
-    p = course_parser("Sample from the pretrained model (step 3) with streaming output.", init=str(RUNS_DIR / "pretrain"))
+    p = course_parser("Sample from the pretrained model (step 3) with streaming output.", "device", "seed", "init",
+                      init=str(RUNS_DIR / "pretrain"))
     p.add_argument("--prompt", default="小明有", help="提示词 text to continue")
     p.add_argument("--max-new-tokens", type=int, default=80, help="最多生成 tokens to generate")
     p.add_argument("--temperature", type=float, default=0.8, help="温度 0 = greedy; higher = more random")
@@ -65,7 +31,7 @@ def main():
     args = p.parse_args()
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
-    model, tok, ckpt = load_pretrained(args.init, device)
+    model, tok, ckpt = load_gpt(args.init, device=device)
     ids = tok.encode(args.prompt)
     if not ids:
         raise CourseError("--prompt is empty: give some text to continue")
@@ -73,9 +39,11 @@ def main():
           f"temperature {args.temperature}, top-k {args.top_k}, top-p {args.top_p}]")
     for i in range(args.n):
         print(f"\n--- {i + 1}: {args.prompt}", end="", flush=True)
+        stream = TextStreamer(tok, lambda piece: print(piece, end="", flush=True))
         model.generate(torch.tensor([ids], device=device), max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                       eos_id=tok.eos_id, on_token=Streamer(tok))
+                       eos_id=tok.eos_id, on_token=stream)
+        stream.finish()
         print()
 
 

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import torch
 
+from common.device import autocast
 from common.errors import CourseError
 from step2_gpt.model import GPT, GPTConfig
 
@@ -73,6 +74,23 @@ def eval_offsets(n_tokens: int, seq_len: int, max_windows: int) -> np.ndarray:
     return np.unique(pick) * seq_len
 
 
+@torch.no_grad()
+def evaluate(model, stream, offsets, seq_len, micro, device, dtype, rank, world):
+    """Mean next-token loss over fixed validation windows (each process takes every world-th window)."""
+    model.eval()
+    total = torch.zeros(2, device=device)  # (sum of losses × windows, windows)
+    mine = offsets[rank::world]
+    for i in range(0, len(mine), micro):
+        x, y = cut_batch(stream, mine[i:i + micro], seq_len)
+        with autocast(device, dtype):
+            _, loss = model(x.to(device), targets=y.to(device))
+        total += torch.stack([loss.float() * len(x), torch.tensor(float(len(x)), device=device)])
+    if world > 1:
+        torch.distributed.all_reduce(total)
+    model.train()
+    return (total[0] / total[1]).item()
+
+
 # ----------------------------------------------------------------------------------------------------
 # Reading a loss
 
@@ -101,19 +119,15 @@ def build_model(size: str, vocab_size: int, seq_len: int, **overrides) -> GPT:
 
 
 def demo(text: str | None = None):
-    from step3_pretrain.data import CharTokenizer
+    from step1_tokenizer.model import course_tokenizer
 
     text = text or ("小明有3个苹果，吃了1个，还剩2个。\nTom has 2 apples. He eats 1. Now he has 1 apple.\n"
                     "红色和黄色混在一起是橙色。\nThere are 2 shapes: a big red circle at the top left and "
                     "a small blue star at the center.\n")
-    try:  # the course tokenizer if step 1 has been run, else characters (the lesson reads the same)
-        from step1_tokenizer.model import load_tokenizer
-        tok, kind = load_tokenizer(), "BPE (runs/tokenizer)"
-    except CourseError:
-        tok, kind = CharTokenizer.from_text(text), "characters (run step1_tokenizer/train.py for BPE)"
+    tok = course_tokenizer(fallback=True)  # step 1's, or its small stand-in when step 1 has not run
     stream = np.array(tok.encode(text), dtype=np.int64)
     T, B = 12, 3
-    print(f"== a token stream: {len(stream)} tokens with the {kind} tokenizer, vocab {tok.vocab_size}")
+    print(f"== a token stream: {len(stream)} tokens with the course's BPE tokenizer, vocab {tok.vocab_size}")
     print("  first 24 ids:", stream[:24].tolist())
 
     offsets = batch_offsets(seed=0, step=0, n_windows=B, n_tokens=len(stream), seq_len=T)
@@ -140,12 +154,12 @@ def demo(text: str | None = None):
 
 
 def main():
-    from common.cli import course_parser
-    p = course_parser("Step 3's objective: how a batch is cut from a token stream and what the loss means.")
-    p.add_argument("--demo", action="store_true", help="演示 one batch, its targets, the untrained loss")
+    from common.cli import demo_parser, wants_demo
+    p = demo_parser("Step 3's objective: how a batch is cut from a token stream and what the loss means.")
     p.add_argument("--text", default=None, help="演示文本 text to cut the demo batch from")
-    args = p.parse_args()
-    demo(args.text)
+    args = wants_demo(p)
+    if args:
+        demo(args.text)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@
     python train.py --resume                         # continue exactly where runs/pretrain stopped
 
 Writes <out> (default runs/pretrain): the last checkpoint (+ training_state.pt for --resume), metrics.jsonl and
-loss_curve.png; <out>_best: the checkpoint with the lowest val loss. Read it top to bottom: one step of the loop
+loss_curve.png; <out>/best/: the checkpoint with the lowest val loss. Read it top to bottom: one step of the loop
 is "cut a batch → forward → loss → backward → clip → optimizer step → schedule the LR".
+Last line, one JSON object with the keys: step, val_loss, val_ppl, best_val_loss, steps, tokens_seen, tokens_per_s,
+wall_s, time_to_target_s (from process start to the first eval ≤ --target-loss, else null), params, device,
+world_size, interrupted, out.
 """
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
@@ -24,23 +27,24 @@ import torch
 
 from common import RUNS_DIR
 from common.checkpoint import load_checkpoint, load_training_state, save_checkpoint
-from common.cli import course_parser
+from common.cli import SHARED_FLAGS, course_parser
 from common.device import autocast, pick_device, pick_dtype, seed_everything
 from common.errors import CourseError
-from common.training import RunLogger, lr_at
-from step2_gpt.model import GPT, GPTConfig
+from common.training import RunLogger, lr_at, process_start
+from step2_gpt.model import GPT_STEPS, load_gpt
 from step3_pretrain.data import check_enough, prepare_data, sample_prompts, tokenizer_fingerprint
-from step3_pretrain.demo import load_weights
-from step3_pretrain.model import batch_offsets, build_model, cut_batch, eval_offsets, perplexity, pretrain_preset
+from step3_pretrain.model import (batch_offsets, build_model, cut_batch, eval_offsets, evaluate, perplexity,
+                                  pretrain_preset)
 
-PROCESS_START = time.perf_counter()
+PROCESS_START = process_start()  # wall times count from here, start-up included
 # Flags that define the run: on --resume, any you do not pass again are taken from the checkpoint.
 RUN_KEYS = ("size", "seq_len", "batch_size", "grad_accum", "lr", "warmup", "max_steps", "weight_decay", "eval_every",
             "eval_windows", "data", "tokenizer", "world_mb", "seed", "n_layer", "n_head", "n_embd", "dropout", "min_lr_ratio", "qk_norm")
 
 
 def make_parser():
-    p = course_parser("Step 3: pretrain the GPT on next-token prediction.", out=str(RUNS_DIR / "pretrain"), seed=None)
+    p = course_parser("Step 3: pretrain the GPT on next-token prediction.", *SHARED_FLAGS, out=str(RUNS_DIR / "pretrain"),
+                      seed=None)
     a = p.add_argument
     a("--tokenizer", default=None, help="分词器 'char' (one id per character) or a tokenizer folder; default runs/tokenizer")
     a("--seq-len", type=int, default=None, help="上下文长度 tokens per training window (preset)")
@@ -115,25 +119,9 @@ def make_optimizer(model, lr, weight_decay, device):
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, **extra)
 
 
-@torch.no_grad()
-def evaluate(model, stream, offsets, seq_len, micro, device, dtype, rank, world):
-    """Mean next-token loss over fixed validation windows (each process takes every world-th window)."""
-    model.eval()
-    total = torch.zeros(2, device=device)  # (sum of losses × windows, windows)
-    mine = offsets[rank::world]
-    for i in range(0, len(mine), micro):
-        x, y = cut_batch(stream, mine[i:i + micro], seq_len)
-        with autocast(device, dtype):
-            _, loss = model(x.to(device), targets=y.to(device))
-        total += torch.stack([loss.float() * len(x), torch.tensor(float(len(x)), device=device)])
-    if world > 1:
-        torch.distributed.all_reduce(total)
-    model.train()
-    return (total[0] / total[1]).item()
-
-
-def train(args, t_start: float = PROCESS_START):
-    """The whole run; returns its summary. t_start: the perf_counter time the wall clock counts from."""
+def train(args):
+    """The whole run; returns its summary (wall times count from the process start)."""
+    t_start = PROCESS_START
     rank, world, device = setup_ddp(args.device)
     args = setup_args(args)
     dtype = pick_dtype(args.dtype, device)
@@ -155,12 +143,10 @@ def train(args, t_start: float = PROCESS_START):
     overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "dropout", "qk_norm") if getattr(args, k) is not None}
     start = args.out if args.resume else args.init
     if start:
-        ckpt = load_checkpoint(start, expect_steps=("pretrain",) if args.resume else None, hint="python step3_pretrain/train.py")
-        if ckpt.extra.get("tokenizer_fingerprint", fingerprint) != fingerprint or ckpt.model_config["vocab_size"] != tok.vocab_size:
-            raise CourseError(f"{start} was trained with another tokenizer (vocab {ckpt.model_config['vocab_size']}, "
-                              f"now {tok.vocab_size}); pass the same --tokenizer, or start fresh without --resume/--init")
-        model = GPT(GPTConfig.from_dict(ckpt.model_config))
-        load_weights(model, ckpt)
+        model, start_tok, _ = load_gpt(start, expect_steps=("pretrain",) if args.resume else GPT_STEPS)
+        if tokenizer_fingerprint(start_tok) != fingerprint:
+            raise CourseError(f"{start} was trained with another tokenizer (vocab {start_tok.vocab_size}, now "
+                              f"{tok.vocab_size}); pass the same --tokenizer, or start fresh without --resume/--init")
     else:
         # QK-norm on unless --no-qk-norm: step 6 learns its two-hop image lookup several times sooner with it
         model = build_model(args.size, tok.vocab_size, args.seq_len, **({"qk_norm": True} | overrides))
@@ -252,9 +238,9 @@ def train(args, t_start: float = PROCESS_START):
                             new = raw.generate(ids, max_new_tokens=args.sample_tokens, temperature=0.8, top_k=50,
                                                eos_id=tok.eos_id)[0].tolist()
                             log.write(f"  sample: {text + tok.decode(new, skip_special=True)!r}")
-                if val_loss < best_val:
+                if val_loss < best_val:  # written first, so the save below carries the new best/ along
                     best_val = val_loss
-                    save(Path(str(out) + "_best"), False, {"val_loss": val_loss, "step": step})
+                    save(out / "best", False, {"val_loss": val_loss, "step": step})
                 save(out, True, {"val_loss": val_loss, "step": step})
                 eval_s += time.perf_counter() - t_eval
                 if args.target_loss is not None and val_loss <= args.target_loss and time_to_target is None:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from common import RUNS_DIR
-from common.cli import course_parser, run
+from common.cli import SHARED_FLAGS, course_parser, run
 from common.device import pick_device, seed_everything
 from common.errors import CourseError
 from common.training import print_summary
@@ -225,7 +225,7 @@ def setup(args, dev) -> dict:
 
 
 def main():
-    p = course_parser("Measured ablations of the VLM's image path (消融实验)")
+    p = course_parser("Measured ablations of the VLM's image path (消融实验)", *SHARED_FLAGS)
     p.add_argument("--only", default=None, help=f"只跑这些行 comma list of rows: {', '.join(VARIANTS)}")
     p.add_argument("--images", type=int, default=8000, help="训练图像数 training pictures (as train.py: features come from its cache)")
     p.add_argument("--eval-images", type=int, default=200, help="评估图像数 held-out pictures (and half as many held-out combinations)")

@@ -15,7 +15,7 @@ import time
 import torch
 
 from common import RUNS_DIR
-from common.cli import course_parser, run
+from common.cli import SHARED_FLAGS, course_parser, run
 from common.device import pick_device, seed_everything
 from common.training import print_summary
 from common.world import random_scene
@@ -69,7 +69,7 @@ def bench_encoder(name, vision, size, tok, gpt_cfg, batch, steps, device) -> dic
 
 def main():
     from transformers import CLIPVisionConfig, CLIPVisionModel
-    p = course_parser("Bench: cached vs live frozen-encoder features (特征缓存的速度)", batch_size=8)
+    p = course_parser("Bench: cached vs live frozen-encoder features (特征缓存的速度)", *SHARED_FLAGS, batch_size=8)
     p.add_argument("--steps", type=int, default=4, help="计时步数 timed steps per setting")
     args = p.parse_args()
     seed_everything(args.seed)
@@ -79,7 +79,7 @@ def main():
         tok = load_tokenizer()
     except Exception:
         from common.world import build_corpus
-        from step1_tokenizer.train import train_bpe
+        from step1_tokenizer.model import train_bpe
         tok = train_bpe(build_corpus(0.2)[0], 600)
     gpt_cfg = GPTConfig.preset("tiny", vocab_size=tok.vocab_size)   # the course's tiny GPT (as runs/pretrain)
     rows = []

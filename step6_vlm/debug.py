@@ -20,7 +20,7 @@ import random
 
 import torch
 
-from common.cli import course_parser, run
+from common.cli import SHARED_FLAGS, course_parser, run
 from common.device import pick_device, seed_everything
 from common.errors import CourseError
 from common.training import print_summary
@@ -234,7 +234,7 @@ def quick_parts(scenes, device="cpu", seed: int = 0):
         tok = load_tokenizer()
     except CourseError:
         from common.world import build_corpus
-        from step1_tokenizer.train import train_bpe
+        from step1_tokenizer.model import train_bpe
         tok = train_bpe(build_corpus(0.3)[0], 600)
     torch.manual_seed(seed)
     vcfg = small_clip_config(len(CaptionVocab.for_world().words), width=32, layers=2, heads=2).vision_config
@@ -263,7 +263,7 @@ def examples_for(vlm, tok, scenes, stage: str, seed: int, n: int) -> list:
 
 
 def main():
-    p = course_parser("Debug the image path on one batch (seed 000's checks)", batch_size=8, lr=1e-3)
+    p = course_parser("Debug the image path on one batch (seed 000's checks)", *SHARED_FLAGS, batch_size=8, lr=1e-3)
     p.add_argument("--stage", default="pretrain", choices=("pretrain", "sft"), help="阶段 which freeze row and which data")
     p.add_argument("--image-tokens", default=None, choices=("all", "first", "mean"), help="图像token mode of a fresh model")
     p.add_argument("--projector", default="linear", choices=("linear", "mlp"), help="投影层 of a fresh model")

@@ -9,7 +9,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo roo
 import torch
 
 from common import RUNS_DIR
-from common.cli import course_parser, run
+from common.cli import SHARED_FLAGS, course_parser, run
 from common.device import pick_device, seed_everything
 from common.errors import CourseError
 from step6_vlm.data import load_image, user_turn
@@ -63,7 +63,7 @@ def answer(vlm, tok, processor, image, prompt: str, max_new_tokens=128, temperat
 
 
 def main():
-    p = course_parser("Ask the VLM about an image (图文对话演示)")
+    p = course_parser("Ask the VLM about an image (图文对话演示)", *SHARED_FLAGS)
     p.add_argument("--image", default=str(HERE / "test.jpg"), help="图片 image file (jpg/png/...)")
     p.add_argument("--prompt", default="描述这张图片", help="问题 the question; <image> marks where the picture goes")
     p.add_argument("--stage", default="sft", choices=("pretrain", "sft"), help="哪个阶段的模型 which checkpoint: vlm_pretrain or vlm_sft")

@@ -16,7 +16,7 @@ import time
 import torch
 
 from common import RUNS_DIR
-from common.cli import course_parser, run
+from common.cli import SHARED_FLAGS, course_parser, run
 from common.device import pick_device, seed_everything
 from common.errors import CourseError
 from common.training import print_summary
@@ -200,7 +200,7 @@ def write_eval_md(out: pathlib.Path, scenes, desc_questions, results, n_rows: in
 
 
 def main():
-    p = course_parser("Evaluate the VLM per question type, with the seed-002 table and hallucination (评估)")
+    p = course_parser("Evaluate the VLM per question type, with the seed-002 table and hallucination (评估)", *SHARED_FLAGS)
     p.add_argument("--compare", default=str(STAGE_DIRS["pretrain"]), help="对比 stage-1 checkpoint shown beside --init ('' = none)")
     p.add_argument("--eval-images", type=int, default=None, help="评估图像数 held-out pictures (default: as in training)")
     p.add_argument("--rows", type=int, default=8, help="表格行数 rows of the picture table in eval.md")

@@ -272,7 +272,7 @@ def demo():
     try:
         tok = load_tokenizer()
     except CourseError:
-        from step1_tokenizer.train import train_bpe
+        from step1_tokenizer.model import train_bpe
         tok = train_bpe(["图中有一个红色圆形。", "What is in this image?"] * 20, 300)
     vc = vision.config
     cfg = VLMConfig(src, vc.hidden_size, (vc.image_size // vc.patch_size) ** 2, vc.image_size, image_token_id(tok))

@@ -19,7 +19,7 @@ import time
 import torch
 
 from common import RUNS_DIR
-from common.cli import course_parser, run
+from common.cli import SHARED_FLAGS, course_parser, run
 from common.device import autocast, pick_device, pick_dtype, seed_everything
 from common.errors import CourseError
 from common.training import RunLogger, lr_at, print_summary
@@ -41,7 +41,7 @@ PLAN = {"pretrain": dict(steps=80, batch=64, lr=1e-3, proj_lr=2e-3),
 
 
 def parse():
-    p = course_parser("Train the VLM: stage 0 CLIP, stage 1 pretrain, stage 2 SFT (训练视觉语言模型)")
+    p = course_parser("Train the VLM: stage 0 CLIP, stage 1 pretrain, stage 2 SFT (训练视觉语言模型)", *SHARED_FLAGS)
     a = p.add_argument
     a("--stage", choices=STAGES, default=None, help="只跑一个阶段 run one stage")
     a("--stages", default=None, help="按顺序运行 comma list, e.g. clip,pretrain,sft (default: the missing ones)")
@@ -98,7 +98,7 @@ def init_llm(init=None, quick: bool = False):
         tok = load_tokenizer()
     except CourseError:
         from common.world import build_corpus
-        from step1_tokenizer.train import train_bpe
+        from step1_tokenizer.model import train_bpe
         tok = train_bpe(build_corpus(0.3)[0], 600)
     return GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size, n_layer=2)), tok, "untrained (--quick)"
 

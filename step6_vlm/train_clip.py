@@ -22,7 +22,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from common.cli import course_parser, run
+from common.cli import SHARED_FLAGS, course_parser, run
 from common.device import pick_device, seed_everything
 from common.errors import CourseError
 from common.training import RunLogger, lr_at, print_summary
@@ -283,7 +283,7 @@ def train_clip(out=CLIP_DIR, steps: int = 1500, batch_pairs: int = 128, lr: floa
 
 
 def main():
-    p = course_parser("Stage 0: train a small CLIP on the data world (阶段0：在玩具世界上对比学习训练小CLIP)",
+    p = course_parser("Stage 0: train a small CLIP on the data world (阶段0：在玩具世界上对比学习训练小CLIP)", *SHARED_FLAGS,
                       out=str(CLIP_DIR), lr=2e-3)
     p.add_argument("--steps", type=int, default=1500, help="优化步数 contrastive training steps")
     p.add_argument("--width", type=int, default=128, help="编码器宽度 transformer width of both towers")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common import REPO_ROOT
-from common.cli import course_parser
+from common.cli import SHARED_FLAGS as ALL_FLAGS, course_parser
 from common.device import pick_device, pick_dtype, seed_everything
 from common.errors import CourseError
 from common.training import RunLogger, lr_at, print_summary
@@ -48,14 +48,28 @@ def test_seed_everything_repeats():
 
 
 def test_shared_flags_and_overrides():
-    p = course_parser("x", lr=3e-4, out="runs/demo")
+    p = course_parser("x", *ALL_FLAGS, lr=3e-4, out="runs/demo")
     help_text = p.format_help()
     for flag in SHARED_FLAGS:
         assert flag in help_text
     args = p.parse_args(["--device", "cpu", "--quick", "--max-steps", "7"])
     assert (args.device, args.quick, args.max_steps, args.lr, args.out) == ("cpu", True, 7, 3e-4, "runs/demo")
     with pytest.raises(ValueError):
-        course_parser("x", learning_rate=1.0)  # a typo in a default is a bug, not a silent no-op
+        course_parser("x", *ALL_FLAGS, learning_rate=1.0)  # a typo in a default is a bug, not a silent no-op
+    with pytest.raises(ValueError):
+        course_parser("x", "device", "seeds")  # not a shared flag
+
+
+def test_a_script_offers_only_the_flags_it_names(capsys):
+    p = course_parser("x", "device", "seed", "out", out="runs/x")
+    help_text = p.format_help()
+    assert "--device" in help_text and "--out" in help_text
+    assert "--compile" not in help_text and "--lr" not in help_text
+    with pytest.raises(SystemExit):
+        p.parse_args(["--compile"])  # refused by argparse, not silently ignored
+    assert "unrecognized arguments: --compile" in capsys.readouterr().err
+    with pytest.raises(ValueError):
+        course_parser("x", "device", lr=1e-3)  # a default for a flag the script does not offer
 
 
 def test_lr_schedule_values():

@@ -2,7 +2,7 @@
 import pytest
 
 from common.world import build_corpus
-from step1_tokenizer.train import train_bpe
+from step1_tokenizer.model import train_bpe
 
 
 @pytest.fixture(scope="session")

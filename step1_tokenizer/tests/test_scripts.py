@@ -31,7 +31,7 @@ def test_bench_reports_parity_and_speed(tmp_path):
 
 
 def test_demo_side_by_side_and_plot(tmp_path):
-    out = _run("demo.py", "--quick", "--text", "小明有3个苹果，Tom has 3 apples.", "--out", str(tmp_path))
+    out = _run("demo.py", "--quick", "--text", "小明有3个苹果，Tom has 3 apples.", "--plot", str(tmp_path / "compression_vs_vocab.png"))
     assert "ours" in out and "HF" in out and (tmp_path / "compression_vs_vocab.png").stat().st_size > 1000
 
 

@@ -3,7 +3,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from common.errors import CourseError
-from step1_tokenizer.model import SPECIAL_TOKENS, SPLIT_RE, Tokenizer, render_conversation
+from step1_tokenizer.bpe import SPLIT_RE
+from step1_tokenizer.model import SPECIAL_TOKENS, Tokenizer, render_conversation
 
 # Arbitrary Unicode, surrogates excluded (they cannot be UTF-8 encoded, so they are not valid text anyway).
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=200)

@@ -8,8 +8,10 @@ import pytest
 
 from common import REPO_ROOT
 from common.errors import CourseError
-from step1_tokenizer.model import SPECIAL_TOKENS, SPLIT_RE
-from step1_tokenizer.train import read_text_files, train_bpe
+from step1_tokenizer.bpe import SPLIT_RE
+from step1_tokenizer.model import SPECIAL_TOKENS
+from step1_tokenizer.model import train_bpe
+from step1_tokenizer.train import read_documents
 
 SMALL = ["low low low lower lowest", "new newer newest wider", "小明有3个苹果。小红有5个苹果。"] * 3 + ["the cat sat on the mat"]
 
@@ -103,14 +105,14 @@ def test_vocab_smaller_than_bytes_plus_specials():
 
 def test_missing_data_file(tmp_path):
     with pytest.raises(CourseError, match="no such file"):
-        read_text_files([tmp_path / "nope.txt"])
+        read_documents([tmp_path / "nope.txt"])
 
 
 def test_invalid_utf8_names_file_and_offset(tmp_path):
     f = tmp_path / "bad.txt"
     f.write_bytes("好的 ok\n".encode() + b"\xff\xfe tail")
     with pytest.raises(CourseError, match=r"bad.txt is not valid UTF-8 at byte offset 10"):
-        read_text_files([f])
+        read_documents([f])
 
 
 def _cli(*args, cwd=REPO_ROOT):

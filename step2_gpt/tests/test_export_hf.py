@@ -4,11 +4,13 @@ import json
 import pytest
 import torch
 
+
 pytest.importorskip("transformers")
 
 from common.checkpoint import save_checkpoint
 from common.errors import CourseError
 from step2_gpt.export_hf import compare_logits, export_checkpoint, export_model, load_hf, same_greedy_tokens
+from step1_tokenizer.model import train_bpe
 from step2_gpt.model import GPT, GPTConfig
 
 
@@ -33,22 +35,17 @@ def test_logits_and_greedy_tokens_match_transformers_llama(tmp_path, extra):
 
 
 def test_export_from_checkpoint_folder_with_tokenizer_file(tmp_path):
-    model = randomized(GPTConfig.preset("tiny", vocab_size=128, block_size=64, n_layer=2))
-    tok = {"version": "1.0", "added_tokens": [{"id": 0, "content": "<|pad|>"}, {"id": 2, "content": "<|eos|>"}]}
-
-    class FakeTokenizer:  # anything with .save(folder) goes into a checkpoint
-        def save(self, folder):
-            (folder / "tokenizer.json").write_text(json.dumps(tok))
-
+    tok = train_bpe(["小明有3个苹果。", "Tom has 3 apples."] * 20, 300)
+    model = randomized(GPTConfig.preset("tiny", vocab_size=tok.vocab_size, block_size=64, n_layer=2))
     ckpt = save_checkpoint(tmp_path / "ckpt", state_dict=model.state_dict(), step="gpt",
-                           model_config=model.config.to_dict(), tokenizer=FakeTokenizer())
+                           model_config=model.config.to_dict(), tokenizer=tok)
     out = export_checkpoint(ckpt, tmp_path / "hf")
     config = json.loads((out / "config.json").read_text())
-    assert config["eos_token_id"] == 2 and config["pad_token_id"] == 0 and config["bos_token_id"] is None
+    assert (config["eos_token_id"], config["pad_token_id"], config["bos_token_id"]) == (tok.eos_id, tok.pad_id, tok.bos_id)
     assert (out / "tokenizer.json").is_file()
     hf = load_hf(out)
-    assert compare_logits(model, hf, torch.randint(0, 128, (1, 40))) <= 1e-4
-    assert same_greedy_tokens(model, hf, torch.randint(0, 128, (1, 5)), 30)  # may stop at eos id 2
+    assert compare_logits(model, hf, torch.randint(0, tok.vocab_size, (1, 40))) <= 1e-4
+    assert same_greedy_tokens(model, hf, torch.randint(0, tok.vocab_size, (1, 5)), 30)  # may stop at eos
 
 
 def test_qk_norm_models_are_refused(tmp_path):

@@ -23,9 +23,9 @@ def run_script(*args, cwd=STEP):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One quick train.py run (a tokenizer is trained on the spot: --tokenizer points nowhere)."""
+    """One quick train.py run (with step 1's tokenizer, or the stand-in when step 1 has not run)."""
     out = tmp_path_factory.mktemp("gpt")
-    r = run_script("train.py", "--quick", "--device", "cpu", "--out", out, "--tokenizer", out / "no-tokenizer")
+    r = run_script("train.py", "--quick", "--device", "cpu", "--out", out)
     assert r.returncode == 0, r.stderr[-2000:]
     return out, json.loads(r.stdout.strip().splitlines()[-1])
 

@@ -50,11 +50,11 @@ def test_checkpoint_is_atomic_under_a_kill(tmp_path, monkeypatch):
     data = write_text(tmp_path)
     run(tiny_args(tmp_path, data, "--stop-at", "4", steps=8))
     before = (tmp_path / "out" / "model.safetensors").read_bytes()
-    import common.checkpoint as ck
+    import common.files as files
 
-    def killed(folder):
+    def killed(tmp, folder):
         raise SystemExit("killed while writing")  # after weights and state are in the temp folder
-    monkeypatch.setattr(ck, "_fsync_tree", killed)
+    monkeypatch.setattr(files, "swap_in", killed)
     with pytest.raises(SystemExit):
         run(tiny_args(tmp_path, data, "--resume", steps=8))
     ckpt = load_checkpoint(tmp_path / "out", expect_steps="pretrain")
@@ -77,8 +77,8 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, monkeypatch):
         return real(*a, **k)
     monkeypatch.setattr(tr, "cut_batch", interrupt_on_7th)
     summary = run(tiny_args(tmp_path, data, steps=12))
-    # calls 1-4: steps 1-4; call 5: the eval after step 4; call 6: step 5; call 7 interrupts step 6
-    assert summary["interrupted"] and summary["steps"] == 5
+    # calls 1-6: steps 1-6 (the eval after step 4 cuts its windows in model.evaluate); call 7 interrupts step 7
+    assert summary["interrupted"] and summary["steps"] == 6
     assert load_training_state(tmp_path / "out")["step"] == summary["steps"]
 
 
@@ -167,7 +167,7 @@ def test_demo_streams_from_a_checkpoint(tmp_path):
 def test_bpe_run_loads_with_step2_load_gpt(tmp_path):
     """The chain's path: a step-1 BPE tokenizer, documents ending in eos, a checkpoint step 2's load_gpt reads."""
     from common.world import build_corpus
-    from step1_tokenizer.train import train_bpe
+    from step1_tokenizer.model import train_bpe
     from step2_gpt.model import load_gpt
     docs, _ = build_corpus(0.1, seed=3)
     tok = train_bpe(docs, 400)

@@ -8,7 +8,7 @@ import torch
 @pytest.fixture(scope="session")
 def tok():
     from common.world import generate_docs
-    from step1_tokenizer.train import train_bpe
+    from step1_tokenizer.model import train_bpe
     from step6_vlm.data import CAPTION_PROMPTS, caption_messages, question, world_splits
     # world captions and questions, so the tiny vocabulary covers what the tests say
     rng = random.Random(0)
