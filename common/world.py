@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import RUNS_DIR
+from common.errors import CourseError
 from common.files import atomic_write_text
 
 # ----------------------------------------------------------------------------------------------------
@@ -111,6 +112,47 @@ def describe_scene(things: list, lang: str) -> str:
     parts = [describe_thing(t, "en") for t in things]
     listed = parts[0] if n == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return f"There {'is 1 shape' if n == 1 else f'are {n} shapes'}: {listed}."
+
+
+# Questions about a scene, each with exactly one right answer (step 4 asks them about a description, step 6 about
+# the picture itself).
+
+DESCRIBE_PROMPTS = {"zh": "描述这张图片", "en": "Describe this image."}
+QUESTION_TYPES = ("color", "shape", "count", "position", "describe")
+
+
+def unique_things(things):
+    """Things whose color+shape pair occurs once in the scene: "where is the red star" has one answer."""
+    return [t for t in things if sum((o.color, o.shape) == (t.color, t.shape) for o in things) == 1]
+
+
+def question(qtype: str, things, rng: random.Random, lang: str, target: Thing | None = None) -> tuple:
+    """(question, answer) of one type, or None when it has no single answer. Colour/shape questions point at a
+    cell that holds a thing, position questions name a thing that is unique in the scene, so every question has
+    exactly one right answer. Step 6 asks them about a picture, step 4 about the scene's description."""
+    zh = lang == "zh"
+    if qtype in ("color", "shape"):
+        t = target or rng.choice(things)
+        pos = t.position[0] if zh else t.position[1]
+        if qtype == "color":
+            q = f"{pos}的图形是什么颜色？" if zh else f"What color is the shape at the {pos}?"
+            return q, t.color.zh if zh else t.color.en
+        q = f"{pos}的图形是什么形状？" if zh else f"What shape is at the {pos}?"
+        return q, t.shape[0] if zh else t.shape[1]
+    if qtype == "count":
+        return ("图中有几个图形？", f"{len(things)}个") if zh else ("How many shapes are there?", str(len(things)))
+    if qtype == "position":
+        if target is None and not unique_things(things):
+            return None  # e.g. two red stars: "where is the red star" has no single answer, so it is not asked
+        t = target or rng.choice(unique_things(things))
+        # The answer restates the thing ("The red star is at the top left."), so the cell word is predicted right
+        # after the words that name what to look for: a one-hop lookup instead of a two-hop one.
+        if zh:
+            return f"{t.color.zh}的{t.shape[0]}在哪里？", f"{t.color.zh}的{t.shape[0]}在{t.position[0]}。"
+        return f"Where is the {t.color.en} {t.shape[1]}?", f"The {t.color.en} {t.shape[1]} is at the {t.position[1]}."
+    if qtype == "describe":
+        return DESCRIBE_PROMPTS[lang], describe_scene(things, lang)
+    raise CourseError(f"unknown question type {qtype!r}; choose from {QUESTION_TYPES}")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ import torch
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from common.errors import CourseError
-from common.world import COLORS, POSITIONS, SHAPES, SIZES, Color, Thing, describe_scene, random_scene
+from common.world import (COLORS, DESCRIBE_PROMPTS, POSITIONS, QUESTION_TYPES, SHAPES, SIZES, Color, Thing,
+                          describe_scene, question, random_scene, unique_things)
 
 IMAGE_SIZE = 63            # pixels per side
 GRID = 3                   # the world's 3×3 grid
@@ -36,8 +37,6 @@ HELDOUT_COMBOS = {("red", "star"), ("green", "hexagon"), ("blue", "triangle"), (
                   ("purple", "diamond"), ("orange", "square")}
 
 CAPTION_PROMPTS = {"zh": "这个图像中有什么内容？", "en": "What is in this image?"}
-DESCRIBE_PROMPTS = {"zh": "描述这张图片", "en": "Describe this image."}
-QUESTION_TYPES = ("color", "shape", "count", "position", "describe")
 
 
 # Where the picture goes in a user turn. LLaVA puts it first ("<image>\n question"): in a causal LM the image
@@ -124,39 +123,6 @@ def caption_messages(things, lang: str, layout: str = "question-first") -> list:
 def caption_conversations(scenes, layout: str = "question-first") -> list:
     """Stage 1 on the data world: each picture's caption in both languages, as (scene index, messages)."""
     return [(i, caption_messages(s, lang, layout)) for i, s in enumerate(scenes) for lang in ("zh", "en")]
-
-
-def _unique_things(things):
-    """Things whose color+shape pair occurs once in the scene: "where is the red star" has one answer."""
-    return [t for t in things if sum((o.color, o.shape) == (t.color, t.shape) for o in things) == 1]
-
-
-def question(qtype: str, things, rng: random.Random, lang: str, target: Thing | None = None) -> tuple:
-    """(question, answer) of one type, or None when it has no single answer. Color/shape questions point at a cell that holds a thing, position
-    questions name a thing that is unique in the scene, so every question has exactly one right answer."""
-    zh = lang == "zh"
-    if qtype in ("color", "shape"):
-        t = target or rng.choice(things)
-        pos = t.position[0] if zh else t.position[1]
-        if qtype == "color":
-            q = f"{pos}的图形是什么颜色？" if zh else f"What color is the shape at the {pos}?"
-            return q, t.color.zh if zh else t.color.en
-        q = f"{pos}的图形是什么形状？" if zh else f"What shape is at the {pos}?"
-        return q, t.shape[0] if zh else t.shape[1]
-    if qtype == "count":
-        return ("图中有几个图形？", f"{len(things)}个") if zh else ("How many shapes are there?", str(len(things)))
-    if qtype == "position":
-        if target is None and not _unique_things(things):
-            return None  # e.g. two red stars: "where is the red star" has no single answer, so it is not asked
-        t = target or rng.choice(_unique_things(things))
-        # The answer restates the thing ("The red star is at the top left."), so the cell word is predicted right
-        # after the words that name what to look for: a one-hop lookup instead of a two-hop one (README 问题 7).
-        if zh:
-            return f"{t.color.zh}的{t.shape[0]}在哪里？", f"{t.color.zh}的{t.shape[0]}在{t.position[0]}。"
-        return f"Where is the {t.color.en} {t.shape[1]}?", f"The {t.color.en} {t.shape[1]} is at the {t.position[1]}."
-    if qtype == "describe":
-        return DESCRIBE_PROMPTS[lang], describe_scene(things, lang)
-    raise CourseError(f"unknown question type {qtype!r}; choose from {QUESTION_TYPES}")
 
 
 def qa_examples(things, rng: random.Random, layout: str = "question-first", per_image: int = 3,
@@ -299,7 +265,7 @@ def eval_items(scenes, seed: int, combo: bool = False) -> list:
         for qt in ("color", "shape", "count", "position", "describe"):
             target = None
             if combo and qt in ("color", "shape", "position"):
-                cands = [t for t in novel if qt != "position" or t in _unique_things(s)]
+                cands = [t for t in novel if qt != "position" or t in unique_things(s)]
                 if not cands:
                     continue
                 target = rng.choice(cands)

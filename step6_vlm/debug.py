@@ -130,7 +130,7 @@ def asked_cell_attention(vlm: VLM, tok, scenes, feats: torch.Tensor, seed: int =
     that predicts the cell word (after "The red star is at the"), where the other occupied patches are the
     distractors. Per layer, the best head's share of all attention, of the attention on image tokens (chance:
     1 of the P patches) and, for by="content", its mean on each other occupied patch."""
-    from step6_vlm.data import _unique_things, question
+    from step6_vlm.data import question, unique_things
     from step6_vlm.train_clip import cell_patch_index
     from step6_vlm.model import build_example
     rng = random.Random(seed)
@@ -143,9 +143,9 @@ def asked_cell_attention(vlm: VLM, tok, scenes, feats: torch.Tensor, seed: int =
             t = rng.choice(s)
             q, _ = question(rng.choice(["color", "shape"]), s, rng, rng.choice(["zh", "en"]), target=t)
         else:
-            if len(s) < 2 or not _unique_things(s):
+            if len(s) < 2 or not unique_things(s):
                 continue
-            t = rng.choice(_unique_things(s))
+            t = rng.choice(unique_things(s))
             lang = rng.choice(["zh", "en"])
             q, answer = question("position", s, rng, lang, target=t)
             cell_word = t.position[0] if lang == "zh" else t.position[1]

@@ -153,9 +153,9 @@ def test_asked_cell_attention_figures(tok):
     assert len(look["per_layer"]) == 2
     for r in look["per_layer"]:
         assert 0 <= r["on_cell"] <= r["on_image"] <= 1 and 0 <= r["share_of_image"] <= 1
-    from step6_vlm.data import _unique_things
+    from step6_vlm.data import unique_things
     named = asked_cell_attention(vlm, tok, scenes, torch.randn(6, 9, 32), by="content")
-    want = sum(1 for s in scenes if len(s) >= 2 and _unique_things(s))
+    want = sum(1 for s in scenes if len(s) >= 2 and unique_things(s))
     assert want > 0 and named["questions"] == want and named["by"] == "content"
     for r in named["per_layer"]:
         assert 0 <= r["on_each_other_thing"] <= 1 and r["on_cell"] + r["on_each_other_thing"] <= r["on_image"] + 1e-6

@@ -110,7 +110,7 @@ def test_layout_puts_the_image_after_the_question_and_the_checkpoint_remembers_i
 
 
 def test_stage2_curriculum_drills_both_lookups_then_the_full_mix(tok):
-    from step6_vlm.data import CURRICULUM, _unique_things, sft_phases, world_splits
+    from step6_vlm.data import CURRICULUM, unique_things, sft_phases, world_splits
     from step6_vlm.loop import encode
     from step6_vlm.train import fit, phase_steps
     scenes = world_splits(40, 1, 1, seed=0).train
@@ -124,7 +124,7 @@ def test_stage2_curriculum_drills_both_lookups_then_the_full_mix(tok):
     shape_q = [q for q in cell_q if q.startswith("What shape is at the ") or "的图形是什么形状？" in q]
     assert len(color_q) == len(shape_q) == len(scenes)
     assert any(q.startswith("What") for q in cell_q) and any("的图形" in q for q in cell_q)   # both languages
-    assert len(things) == sum(bool(_unique_things(s)) for s in scenes)   # one position question where one exists
+    assert len(things) == sum(bool(unique_things(s)) for s in scenes)   # one position question where one exists
     for _, (q, a) in things:
         assert (q["content"].startswith("Where is the ") and a["content"].startswith("The ")) or \
                ("在哪里？" in q["content"] and "在" in a["content"]), (q, a)
@@ -166,16 +166,16 @@ def test_batches_mix_question_types_within_a_length_band(tok):
 
 
 def test_position_answers_restate_the_thing_right_before_its_cell():
-    from step6_vlm.data import _unique_things, question, world_splits
+    from step6_vlm.data import unique_things, question, world_splits
     rng = random.Random(0)
-    scenes = [s for s in world_splits(200, 1, 1, seed=0).train if len(s) >= 2 and _unique_things(s)]
+    scenes = [s for s in world_splits(200, 1, 1, seed=0).train if len(s) >= 2 and unique_things(s)]
     for s in scenes[:50]:
-        t = rng.choice(_unique_things(s))
+        t = rng.choice(unique_things(s))
         q, a = question("position", s, rng, "en", target=t)
         assert q == f"Where is the {t.color.en} {t.shape[1]}?" and a == f"The {t.color.en} {t.shape[1]} is at the {t.position[1]}."
         q, a = question("position", s, rng, "zh", target=t)
         assert q == f"{t.color.zh}的{t.shape[0]}在哪里？" and a == f"{t.color.zh}的{t.shape[0]}在{t.position[0]}。"
-    twins = [s for s in world_splits(400, 1, 1, seed=0).train if not _unique_things(s)]
+    twins = [s for s in world_splits(400, 1, 1, seed=0).train if not unique_things(s)]
     assert twins and question("position", twins[0], rng, "en") is None   # two red stars: no single answer, not asked
 
 
