@@ -1,5 +1,6 @@
 # Zero to VLM — two commands on a fresh machine:
 #   make course   set up .venv if needed, then run every step of the course in order on the built-in data world
+#                 (make step4 reruns one step, make report rebuilds runs/course/report.html)
 #   make test     set up .venv if needed, then run the whole test suite (offline, CPU)
 # Windows / no make: see README.md for the plain pip and python commands.
 
@@ -8,8 +9,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 DEVICE ?= cpu
+STEP_TARGETS := step1 step2 step3 step4 step5 step6 numeric
 
-.PHONY: setup course test clean
+.PHONY: setup course test clean report $(STEP_TARGETS)
 
 $(VENV)/.ready: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,18 +23,18 @@ setup: $(VENV)/.ready
 test: setup
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest
 
-# Each step prints its number as the last line (one JSON object); runs/course/summary.txt collects them.
+# The whole course in order, each step from the previous step's artifact; one line per step (its number against
+# its bar, pass/fail, its time), then runs/course/report.html. A killed run resumes where it stopped.
 course: setup
-	@mkdir -p runs/course && : > runs/course/summary.txt
-	@set -eo pipefail; run() { name=$$1; shift; [ -f "$$1" ] || return 0; \
-	  echo "==> $$name: python $$*"; $(PY) "$$@" 2>&1 | tee runs/course/$$name.log; \
-	  echo "$$name: $$(tail -n 1 runs/course/$$name.log)" >> runs/course/summary.txt; }; \
-	run step1 step1_tokenizer/train.py; \
-	run step1-bench step1_tokenizer/bench.py --quick; \
-	run step2 step2_gpt/bench.py --presets tiny --device $(DEVICE); \
-	run step3 step3_pretrain/train.py --device $(DEVICE); \
-	run step6 step6_vlm/train.py --device $(DEVICE); \
-	echo; echo "== the number each step shows =="; cat runs/course/summary.txt
+	$(PY) -m course.chain --device $(DEVICE)
+
+# One step again, without redoing the others (a missing input says which target makes it).
+$(STEP_TARGETS): setup
+	$(PY) -m course.chain --only $@ --device $(DEVICE)
+
+# The report again, from what is in runs/, without training.
+report: setup
+	$(PY) -m course.chain --report
 
 clean:
 	rm -rf runs
