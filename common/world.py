@@ -185,6 +185,12 @@ def doc_scene(rng, lang):
     return text
 
 
+# The words of a story in each language: the draws are the same, only the sentences differ.
+EDIBLE = ("apple", "banana", "pear", "peach", "candy")
+STORY_VERBS = {"zh": (["吃了", "送给朋友", "弄丢了"], ["送给朋友", "弄丢了"]),
+               "en": (["eats", "gives away", "loses"], ["gives away", "loses"])}
+
+
 def doc_story(rng, lang):
     """Counting and arithmetic stories whose numbers are always right."""
     thing = rng.choice(THINGS + ANIMALS)
@@ -192,44 +198,35 @@ def doc_story(rng, lang):
     a = rng.randint(1, 9)
     kind = rng.choice(["take", "add", "two_step"])
     b = rng.randint(1, a) if kind == "take" else rng.randint(1, 9)
-    if lang == "zh":
-        who = rng.choice(PEOPLE_ZH)
-        if is_animal:
-            place = rng.choice(PLACES)[0]
-            if kind == "take":
-                return f"{place}有{_count_zh(a, thing)}，走了{b}{thing[1]}，还剩{_count_zh(a - b, thing)}。"
-            s = f"{place}有{_count_zh(a, thing)}，又来了{b}{thing[1]}，现在一共有{_count_zh(a + b, thing)}。"
-            return s + (f"{who}数了数，一共是{a + b}{thing[1]}。" if kind == "two_step" else "")
-        if kind == "take":
-            verb = rng.choice(["吃了", "送给朋友", "弄丢了"]) if thing[0] in ("苹果", "香蕉", "梨", "桃子", "糖") \
-                else rng.choice(["送给朋友", "弄丢了"])
-            return f"{who}有{_count_zh(a, thing)}，{verb}{b}{thing[1]}，还剩{_count_zh(a - b, thing)}。"
-        other = rng.choice([p for p in PEOPLE_ZH if p != who])
-        s = f"{who}有{_count_zh(a, thing)}，{other}又给了{who}{b}{thing[1]}，现在{who}有{_count_zh(a + b, thing)}。"
-        if kind == "two_step":
-            c = rng.randint(1, a + b)
-            s += f"后来{who}送出{c}{thing[1]}，还剩{_count_zh(a + b - c, thing)}。"
-        return s
-    name, pron = rng.choice(PEOPLE_EN)
-    obj = "him" if pron == "he" else "her"
+    zh = lang == "zh"
+    n = (lambda k: _count_zh(k, thing)) if zh else (lambda k: _count_en(k, thing))
+    people = PEOPLE_ZH if zh else [p for p, _ in PEOPLE_EN]
+    who = rng.choice(PEOPLE_ZH) if zh else rng.choice(PEOPLE_EN)
+    who, pron = (who, None) if zh else who
     if is_animal:
-        place = rng.choice(PLACES)[1]
-        be = "is" if a == 1 else "are"
+        place = rng.choice(PLACES)[0 if zh else 1]
         if kind == "take":
-            left = a - b
-            return (f"There {be} {_count_en(a, thing)} {place}. {b} {'goes' if b == 1 else 'go'} away. "
-                    f"Now there {'is' if left == 1 else 'are'} {_count_en(left, thing)} left.")
-        s = f"There {be} {_count_en(a, thing)} {place}. {b} more {'comes' if b == 1 else 'come'}. Now there are {_count_en(a + b, thing)}."
-        return s + (f" {name} counts them: {a + b}." if kind == "two_step" else "")
+            if zh:
+                return f"{place}有{n(a)}，走了{b}{thing[1]}，还剩{n(a - b)}。"
+            return (f"There {'is' if a == 1 else 'are'} {n(a)} {place}. {b} {'goes' if b == 1 else 'go'} away. "
+                    f"Now there {'is' if a - b == 1 else 'are'} {n(a - b)} left.")
+        if zh:
+            s = f"{place}有{n(a)}，又来了{b}{thing[1]}，现在一共有{n(a + b)}。"
+            return s + (f"{who}数了数，一共是{a + b}{thing[1]}。" if kind == "two_step" else "")
+        s = f"There {'is' if a == 1 else 'are'} {n(a)} {place}. {b} more {'comes' if b == 1 else 'come'}. Now there are {n(a + b)}."
+        return s + (f" {who} counts them: {a + b}." if kind == "two_step" else "")
     if kind == "take":
-        verb = rng.choice(["eats", "gives away", "loses"]) if thing[2] in ("apple", "banana", "pear", "peach", "candy") \
-            else rng.choice(["gives away", "loses"])
-        return f"{name} has {_count_en(a, thing)}. {pron.capitalize()} {verb} {b}. Now {pron} has {_count_en(a - b, thing)}."
-    friend = rng.choice([p for p, _ in PEOPLE_EN if p != name])
-    s = f"{name} has {_count_en(a, thing)}. {friend} gives {obj} {b} more. Now {name} has {_count_en(a + b, thing)}."
+        verb = rng.choice(STORY_VERBS[lang][0] if thing[2] in EDIBLE else STORY_VERBS[lang][1])
+        if zh:
+            return f"{who}有{n(a)}，{verb}{b}{thing[1]}，还剩{n(a - b)}。"
+        return f"{who} has {n(a)}. {pron.capitalize()} {verb} {b}. Now {pron} has {n(a - b)}."
+    other = rng.choice([p for p in people if p != who])
+    s = (f"{who}有{n(a)}，{other}又给了{who}{b}{thing[1]}，现在{who}有{n(a + b)}。" if zh else
+         f"{who} has {n(a)}. {other} gives {'him' if pron == 'he' else 'her'} {b} more. Now {who} has {n(a + b)}.")
     if kind == "two_step":
         c = rng.randint(1, a + b)
-        s += f" Then {pron} gives away {c}, so {pron} has {_count_en(a + b - c, thing)}."
+        s += (f"后来{who}送出{c}{thing[1]}，还剩{n(a + b - c)}。" if zh else
+              f" Then {pron} gives away {c}, so {pron} has {n(a + b - c)}.")
     return s
 
 
@@ -272,21 +269,16 @@ def doc_dialogue(rng, lang):
     color = rng.choice(COLORS)
     n = rng.randint(1, 9)
     kind = rng.choice(["count", "color", "where"])
-    if lang == "zh":
-        a, b = rng.sample(PEOPLE_ZH, 2)
-        if kind == "count":
-            return f"{a}问：“你有几{thing[1]}{thing[0]}？”{b}说：“我有{_count_zh(n, thing)}。”"
-        if kind == "color":
-            return f"{a}问：“你的{thing[0]}是什么颜色的？”{b}说：“我的{thing[0]}是{color.zh}的。”"
-        place = rng.choice(PLACES)[0]
-        return f"{a}问：“{thing[0]}在哪里？”{b}说：“{thing[0]}在{place}。”"
-    (a, _), (b, _) = rng.sample(PEOPLE_EN, 2)
-    if kind == "count":
-        return f'{a} asks, "How many {thing[3]} do you have?" {b} says, "I have {_count_en(n, thing)}."'
-    if kind == "color":
-        return f'{a} asks, "What color is your {thing[2]}?" {b} says, "My {thing[2]} is {color.en}."'
-    place = rng.choice(PLACES)[1]
-    return f'{a} asks, "Where is the {thing[2]}?" {b} says, "The {thing[2]} is {place}."'
+    zh = lang == "zh"
+    a, b = rng.sample(PEOPLE_ZH, 2) if zh else [p for p, _ in rng.sample(PEOPLE_EN, 2)]
+    place = rng.choice(PLACES)[0 if zh else 1] if kind == "where" else None
+    said = {("zh", "count"): (f"你有几{thing[1]}{thing[0]}？", f"我有{_count_zh(n, thing)}。"),
+            ("zh", "color"): (f"你的{thing[0]}是什么颜色的？", f"我的{thing[0]}是{color.zh}的。"),
+            ("zh", "where"): (f"{thing[0]}在哪里？", f"{thing[0]}在{place}。"),
+            ("en", "count"): (f"How many {thing[3]} do you have?", f"I have {_count_en(n, thing)}."),
+            ("en", "color"): (f"What color is your {thing[2]}?", f"My {thing[2]} is {color.en}."),
+            ("en", "where"): (f"Where is the {thing[2]}?", f"The {thing[2]} is {place}.")}[(lang, kind)]
+    return f"{a}问：“{said[0]}”{b}说：“{said[1]}”" if zh else f'{a} asks, "{said[0]}" {b} says, "{said[1]}"'
 
 
 DOC_KINDS = {"scene": (doc_scene, 3), "story": (doc_story, 4), "fact": (doc_fact, 3), "dialogue": (doc_dialogue, 2)}
