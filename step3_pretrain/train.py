@@ -59,7 +59,7 @@ def make_parser():
     a("--n-head", type=int, default=None, help="覆盖头数 override the preset's head count")
     a("--n-embd", type=int, default=None, help="覆盖宽度 override the preset's width")
     a("--qk-norm", action=argparse.BooleanOptionalAction, default=None,
-      help="QK 归一化 RMSNorm on queries and keys (default on, as in Qwen3/OLMo2; --no-qk-norm = Llama, exportable; see step6_vlm/lookup.py)")
+      help="QK 归一化 RMSNorm on queries and keys (default on, as in Qwen3/OLMo2; --no-qk-norm = Llama, exportable; see step6_vlm/lab/lookup.py)")
     a("--dropout", type=float, default=None, help="dropout (0 for short runs: there is no overfitting to fight)")
     a("--world-mb", type=float, default=None, help="数据世界大小 size of the generated corpus in MB (4)")
     a("--cache-dir", default=None, help="token 缓存 where tokenized corpora are kept (runs/tokens)")

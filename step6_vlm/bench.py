@@ -15,10 +15,11 @@ import time
 import torch
 
 from common import RUNS_DIR
-from common.cli import SHARED_FLAGS, course_parser, run
+from common.cli import course_parser, run
 from common.device import pick_device, seed_everything
 from common.training import print_summary
 from common.world import random_scene
+from step1_tokenizer.model import course_tokenizer
 from step2_gpt.model import GPT, GPTConfig
 from step6_vlm.data import caption_messages, render_scene
 from step6_vlm.loop import collate
@@ -69,25 +70,20 @@ def bench_encoder(name, vision, size, tok, gpt_cfg, batch, steps, device) -> dic
 
 def main():
     from transformers import CLIPVisionConfig, CLIPVisionModel
-    p = course_parser("Bench: cached vs live frozen-encoder features (特征缓存的速度)", *SHARED_FLAGS, batch_size=8)
+    p = course_parser("Bench: cached vs live frozen-encoder features (特征缓存的速度)", "device", "batch_size", "seed",
+                      batch_size=8)
     p.add_argument("--steps", type=int, default=4, help="计时步数 timed steps per setting")
     args = p.parse_args()
     seed_everything(args.seed)
     dev = pick_device(args.device)
-    try:
-        from step1_tokenizer.model import load_tokenizer
-        tok = load_tokenizer()
-    except Exception:
-        from common.world import build_corpus
-        from step1_tokenizer.model import train_bpe
-        tok = train_bpe(build_corpus(0.2)[0], 600)
+    tok = course_tokenizer(fallback=True)
     gpt_cfg = GPTConfig.preset("tiny", vocab_size=tok.vocab_size)   # the course's tiny GPT (as runs/pretrain)
     rows = []
     clip = RUNS_DIR / "clip"
     if (clip / "config.json").is_file():
         small = CLIPVisionModel.from_pretrained(clip)
     else:
-        from step6_vlm.train_clip import small_clip_config
+        from step6_vlm.small_clip import small_clip_config
         small = CLIPVisionModel(small_clip_config(64).vision_config)
     rows.append(bench_encoder("small CLIP (stage 0)", small.eval().requires_grad_(False).to(dev), 63, tok, gpt_cfg,
                               args.batch_size, args.steps, dev))

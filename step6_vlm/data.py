@@ -1,4 +1,4 @@
-"""Step 6 data: the data world drawn as pictures (design §4), its captions and questions, and loaders for
+"""Step 6 data: the data world drawn as pictures (common/world.py), its captions and questions, and loaders for
 real image–text data (LLaVA-style JSON, a folder with captions.json, a Hugging Face dataset by name).
 
 The pictures are made so that CLIP's patch grid and the scene's 3×3 grid agree: a 63×63 image cut into
@@ -365,7 +365,7 @@ def load_llava_json(path, image_root=None) -> list:
 
 
 def load_caption_folder(folder, lang: str = "zh") -> list:
-    """A folder of images with `captions.json` (`{"cat.jpg": "一只橙色的猫…"}`, seed 001's format) → the
+    """A folder of images with `captions.json` (`{"cat.jpg": "一只橙色的猫…"}`, one common format) → the
     stage-1 caption conversation for each image."""
     folder = Path(folder)
     cap = folder / "captions.json"

@@ -1,9 +1,9 @@
-"""Check the image path on one batch: the checks seed 000 asks for when a VLM "cannot see" (图像识别调试).
+"""Check the image path on one batch: the checks to run when a VLM "cannot see" (图像识别调试).
 
     python debug.py                        # a fresh stage-1 model from runs/pretrain + runs/clip
     python debug.py --init runs/vlm_sft    # a trained checkpoint
-    python debug.py --image-tokens first   # seed 000's bug: 1 of the P patch features reaches the LLM
-    python debug.py --image-loss           # seed 000's "fix": loss on the image positions too
+    python debug.py --image-tokens first   # the first-patch bug: 1 of the P patch features reaches the LLM
+    python debug.py --image-loss           # a tempting "fix": loss on the image positions too
     python debug.py --quick                # tiny random model, no runs/ needed (seconds)
 
 Prints: where the image tokens sit, placeholders vs features, feature norms before/after the projection
@@ -20,9 +20,8 @@ import random
 
 import torch
 
-from common.cli import SHARED_FLAGS, course_parser, run
+from common.cli import course_parser, run
 from common.device import pick_device, seed_everything
-from common.errors import CourseError
 from common.training import print_summary
 from step6_vlm.data import caption_messages, qa_examples, user_turn, world_splits
 from step6_vlm.loop import collate, encode
@@ -30,7 +29,7 @@ from step6_vlm.model import VLM, VLMConfig, apply_freeze, image_token_id, load_v
 
 
 def with_image_loss(examples, image_id: int) -> list:
-    """Seed 000's change: labels on the image positions too. Each image position then has the next id as its
+    """The tempting change: labels on the image positions too. Each image position then has the next id as its
     target, which inside the block is `<image>` again: the model is taught to predict a placeholder."""
     return [(i, ids, [t if t == image_id else lab for t, lab in zip(ids, labels)]) for i, ids, labels in examples]
 
@@ -76,7 +75,7 @@ def loss_mask_lines(tok, x: torch.Tensor, y: torch.Tensor, image_id: int) -> lis
 
 def debug_batch(vlm: VLM, tok, examples, feats: torch.Tensor, stage: str = "pretrain", lr: float = 1e-3,
                 stage1_llm: str = "last_n", last_n: int = 2, device="cpu") -> dict:
-    """The seed-000 figures for one batch of encoded examples [(image_index, ids, labels)] and features (N, P, D).
+    """The image-path figures for one batch of encoded examples [(image_index, ids, labels)] and features (N, P, D).
     Takes one AdamW step on what the freeze table trains, so the projection's change is measured too."""
     img = vlm.config.image_token_id
     x, y, idx = collate(examples, tok.pad_id)                            # (B, T), (B, T), (B,)
@@ -131,7 +130,7 @@ def asked_cell_attention(vlm: VLM, tok, scenes, feats: torch.Tensor, seed: int =
     distractors. Per layer, the best head's share of all attention, of the attention on image tokens (chance:
     1 of the P patches) and, for by="content", its mean on each other occupied patch."""
     from step6_vlm.data import question, unique_things
-    from step6_vlm.train_clip import cell_patch_index
+    from step6_vlm.small_clip import cell_patch_index
     from step6_vlm.model import build_example
     rng = random.Random(seed)
     L, H, P = vlm.llm.config.n_layer, vlm.llm.config.n_head, vlm.config.n_patches
@@ -186,7 +185,7 @@ def report(fig: dict) -> str:
         f"2. {ok(fig['placeholders'] == fig['features_used'])}placeholders {fig['placeholders']} = features spliced in "
         f"{fig['features_used']} ({fig['images']} images × {n})",
         f"   {ok(n == P)}features used {fig['features_used']} of {fig['features_available']} available ({n} of {P} patches per image)"
-        + ("" if n == P else "  ← the LLM never sees the other patches (seed 000: only the first patch)" if n == 1 else ""),
+        + ("" if n == P else "  ← the LLM never sees the other patches (only the first patch)" if n == 1 else ""),
         f"3. feature norm {fig['feature_norm']} → projected {fig['projected_norm']}  (word embeddings: "
         f"{fig['text_embedding_norm']}; far apart means the image tokens shout or whisper next to the words)",
         f"4. {ok(fig['projection_grad_norm'] > 0)}projection gradient norm after one backward: {fig['projection_grad_norm']:.3e}; "
@@ -221,25 +220,16 @@ def quick_parts(scenes, device="cpu", seed: int = 0):
     """A tokenizer, an untrained 2-layer GPT, and the features (N, 9, 32) of `scenes` from a random small CLIP:
     everything without runs/ (tests and --quick). Returns (tok, gpt, cfg, feats)."""
     from transformers import CLIPVisionModel
-    from step1_tokenizer.model import load_tokenizer
+    from step1_tokenizer.model import course_tokenizer
     from step2_gpt.model import GPT, GPTConfig
     from step6_vlm.data import render_scene
-    from step6_vlm.train_clip import CaptionVocab, small_clip_config
-    from step6_vlm.vision import patch_features, preprocess
-    try:  # the PIL-backend class of newer transformers; older versions run the plain class on PIL
-        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as Proc
-    except ImportError:
-        from transformers import CLIPImageProcessor as Proc
-    try:
-        tok = load_tokenizer()
-    except CourseError:
-        from common.world import build_corpus
-        from step1_tokenizer.model import train_bpe
-        tok = train_bpe(build_corpus(0.3)[0], 600)
+    from step6_vlm.small_clip import CaptionVocab, small_clip_config
+    from step6_vlm.vision import new_image_processor, patch_features, preprocess
+    tok = course_tokenizer(fallback=True, say=None)
     torch.manual_seed(seed)
     vcfg = small_clip_config(len(CaptionVocab.for_world().words), width=32, layers=2, heads=2).vision_config
     vision = CLIPVisionModel(vcfg).eval().to(device)
-    proc = Proc(size={"shortest_edge": 63}, crop_size={"height": 63, "width": 63})
+    proc = new_image_processor(63)
     feats = patch_features(vision, preprocess(proc, [render_scene(s) for s in scenes]).to(device), -2)  # (N, 9, 32)
     gpt = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=256, n_layer=2, n_head=2, n_embd=64))
     cfg = VLMConfig("random small CLIP", vcfg.hidden_size, feats.shape[1], 63, image_token_id(tok))
@@ -263,12 +253,13 @@ def examples_for(vlm, tok, scenes, stage: str, seed: int, n: int) -> list:
 
 
 def main():
-    p = course_parser("Debug the image path on one batch (seed 000's checks)", *SHARED_FLAGS, batch_size=8, lr=1e-3)
+    p = course_parser("Debug the image path on one batch (the image path's checks)", "device", "batch_size", "lr", "seed",
+                      "init", "quick", batch_size=8, lr=1e-3)
     p.add_argument("--stage", default="pretrain", choices=("pretrain", "sft"), help="阶段 which freeze row and which data")
     p.add_argument("--image-tokens", default=None, choices=("all", "first", "mean"), help="图像token mode of a fresh model")
     p.add_argument("--projector", default="linear", choices=("linear", "mlp"), help="投影层 of a fresh model")
     p.add_argument("--llm", default=None, help="起点语言模型 LLM of a fresh VLM (default runs/sft, else runs/pretrain)")
-    p.add_argument("--image-loss", action="store_true", help="图像位置也算loss put the image positions in the loss (seed 000)")
+    p.add_argument("--image-loss", action="store_true", help="图像位置也算loss put the image positions in the loss")
     args = p.parse_args()
     seed_everything(args.seed)
     dev = pick_device(args.device)
@@ -286,7 +277,7 @@ def main():
                 vlm.config.image_tokens = args.image_tokens
             src = args.init
         else:  # a fresh VLM, as stage 1 starts: the course LLM + a new projection
-            from step6_vlm.train import init_llm
+            from step6_vlm.loop import init_llm
             gpt, tok, src = init_llm(args.llm)
             enc = default_vision_encoder()
             vision, proc = load_vision_encoder(enc, dev)

@@ -1,4 +1,4 @@
-"""Evaluate the VLM on held-out pictures of the data world: accuracy per question type, the seed-002 table
+"""Evaluate the VLM on held-out pictures of the data world: accuracy per question type, the two-stage table
 (picture | stage-1 output | stage-2 output) and a hallucination measure for each stage.
 
     python eval.py                                   # runs/vlm_sft, compared with runs/vlm_pretrain
@@ -16,7 +16,7 @@ import time
 import torch
 
 from common import RUNS_DIR
-from common.cli import SHARED_FLAGS, course_parser, run
+from common.cli import course_parser, run
 from common.device import pick_device, seed_everything
 from common.errors import CourseError
 from common.training import print_summary
@@ -177,7 +177,7 @@ def world_features_for(vlm, scenes, device, cache_dir=None):
 
 
 def write_eval_md(out: pathlib.Path, scenes, desc_questions, results, n_rows: int, header: str) -> pathlib.Path:
-    """The seed-002 table: picture | stage-1 output | stage-2 output, with pictures as PNG files beside it."""
+    """The two-stage table: picture | stage-1 output | stage-2 output, with pictures as PNG files beside it."""
     img_dir = out / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     stages = list(results)
@@ -200,7 +200,8 @@ def write_eval_md(out: pathlib.Path, scenes, desc_questions, results, n_rows: in
 
 
 def main():
-    p = course_parser("Evaluate the VLM per question type, with the seed-002 table and hallucination (评估)", *SHARED_FLAGS)
+    p = course_parser("Evaluate the VLM per question type, stage 1 beside stage 2, and hallucination (评估)",
+                      "device", "seed", "out", "init")
     p.add_argument("--compare", default=str(STAGE_DIRS["pretrain"]), help="对比 stage-1 checkpoint shown beside --init ('' = none)")
     p.add_argument("--eval-images", type=int, default=None, help="评估图像数 held-out pictures (default: as in training)")
     p.add_argument("--rows", type=int, default=8, help="表格行数 rows of the picture table in eval.md")

@@ -1,13 +1,20 @@
-"""The pieces of step 6's training loop that are not the lesson's point: world features, padded batches,
-and exact-match scoring (shared by train.py, the tests and the evaluation of issue 7)."""
+"""Step 6's training loop and its pieces: the LLM a VLM starts from, one stage's loop (`fit`), world features,
+padded batches and exact-match scoring (shared by train.py, eval.py, debug.py and the lab's ablations)."""
+import pathlib
 import random
+import time
 
 import torch
 
+from common import RUNS_DIR
+from common.device import autocast
 from common.errors import CourseError
+from common.training import lr_at
+from step1_tokenizer.model import course_tokenizer
+from step2_gpt.model import GPT, GPTConfig, load_gpt
 
 from step6_vlm.data import CAPTION_PROMPTS, RENDER_VERSION, caption_messages, cell_labels, render_scene, scene_key, user_turn
-from step6_vlm.model import VLM, build_example
+from step6_vlm.model import VLM, apply_freeze, build_example, connector_params
 from step6_vlm.vision import cached_features, encoder_key
 
 
@@ -110,3 +117,60 @@ def caption_items(scenes, seed: int) -> list:
         out.append({"image": i, "type": "caption", "lang": lang,
                     "question": CAPTION_PROMPTS[lang], "answer": msgs[1]["content"]})
     return out
+
+
+def init_llm(init=None, quick: bool = False):
+    """The LLM every VLM starts from (train.py, the lab's ablations): `init`, else runs/sft, else runs/pretrain;
+    with `quick`, an untrained tiny one when none exists. Returns (gpt, tokenizer, where it came from)."""
+    for path in ([init] if init else [RUNS_DIR / "sft", RUNS_DIR / "pretrain"]):
+        if (pathlib.Path(path) / "config.json").is_file() or init:
+            gpt, tok, ckpt = load_gpt(path, expect_steps=("pretrain", "sft", "rlhf", "gpt"))
+            return gpt, tok, str(ckpt.path)
+    if not quick:
+        raise CourseError("no language model to start from (runs/sft or runs/pretrain); make one with: "
+                          "python step3_pretrain/train.py  (or run this with --quick for a smoke test)")
+    tok = course_tokenizer(fallback=True)
+    return GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size, n_layer=2)), tok, "untrained (--quick)"
+
+
+def phase_steps(steps: int, shares) -> list:
+    """Split a stage's steps by the phases' shares; the last phase gets the rest, every phase at least one."""
+    out = [max(1, round(steps * sh)) for sh in shares[:-1]]
+    return out + [max(1, steps - sum(out))]
+
+
+def fit(vlm, tok, phases, feats, stage: str, steps: int, batch: int, lr: float, proj_lr: float, stage1_llm: str,
+        last_n: int, seed: int, device, dtype=torch.float32, log=None, pixels=None) -> dict:
+    """The loop of one stage (train.py and the lab's ablations): freeze by the table, AdamW with the projection column at its
+    own learning rate, warmup + cosine, clipping. `phases` [(examples, share of the steps)] run in order, each
+    with a fresh optimizer and its own schedule (stage 2's curriculum; one phase otherwise). `pixels` (N, 3, H, W):
+    run the frozen encoder every step instead of reading cached features (slow; for the bench). Returns the final
+    loss, the projection's gradient norm at the first step (> 0, or the image path is cut) and the training time."""
+    apply_freeze(vlm, stage, stage1_llm, last_n)
+    proj_params = [p for p in connector_params(vlm) if p.requires_grad]
+    llm_params = [p for p in vlm.llm.parameters() if p.requires_grad]
+    grad0, t0, done = None, time.perf_counter(), 0
+    for (examples, _), n_steps in zip(phases, phase_steps(steps, [sh for _, sh in phases])):
+        groups = [{"params": proj_params, "base": proj_lr}] + ([{"params": llm_params, "base": lr}] if llm_params else [])
+        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
+        it = batches(examples, batch, seed)
+        for step in range(n_steps):
+            vlm.train()
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, max_lr=g["base"], total_steps=n_steps, warmup_steps=min(50, n_steps // 10))
+            x, y, idx = collate(next(it), tok.pad_id)                      # (B, T), (B, T), (B,)
+            with autocast(device, dtype):
+                if pixels is not None:
+                    _, loss = vlm(x.to(device), y.to(device), pixel_values=pixels[idx].to(device))
+                else:
+                    _, loss = vlm(x.to(device), y.to(device), image_features=feats[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad0 is None:
+                grad0 = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in proj_params if p.grad is not None)))
+            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+            opt.step()
+            if log is not None:
+                log.train_step(done + step, loss.item(), opt.param_groups[-1]["lr"], tokens=int((y != -100).sum()))
+        done += n_steps
+    return {"loss": loss.item(), "proj_grad0": grad0, "train_s": time.perf_counter() - t0}

@@ -19,15 +19,15 @@ from step2_gpt.model import GPT, GPTConfig
 from step6_vlm.data import LAYOUTS
 
 # ----------------------------------------------------------------------------------------------------
-# The two-stage freeze table (seed 004). Read a row as: in this stage, this part is frozen / trained.
+# The two-stage freeze table. Read a row as: in this stage, this part is frozen / trained.
 #
 #  stage         vision encoder   projection   LLM
 FREEZE_TABLE = {
     "pretrain": ("frozen",        "trained",   "stage1"),   # image → caption: align image tokens with words
     "sft":      ("frozen",        "trained",   "all"),      # image + question → answer: learn to follow
 }
-# What "stage1" means for the LLM is a choice, named here: seed 002 (minimind-v, LLaVA-1) keeps the LLM frozen
-# and trains only the projection; seed 004 trains the last few layers ("last_n"); "all" trains everything.
+# What "stage1" means for the LLM is a choice, named here: minimind-v and LLaVA-1 keep the LLM frozen
+# and train only the projection; the lesson's table trains the last few layers ("last_n"); "all" trains everything.
 # The default is "frozen": measured here, training the last layers on captions made the question answering
 # of stage 2 much slower to learn (README problem 4), while a frozen LLM cost nothing.
 STAGE1_LLM_CHOICES = ("last_n", "frozen", "all")
@@ -87,7 +87,7 @@ class VLMConfig:
     image_size: int              # the encoder's input side in pixels
     image_token_id: int          # the tokenizer's id of "<image>"
     projector: str = "linear"    # "linear" (LLaVA-1, no bias) or "mlp" (Linear–GELU–Linear)
-    image_tokens: str = "all"    # "all" patches (LLaVA), or "first" / "mean": one token (seed 000's bug / fix)
+    image_tokens: str = "all"    # "all" patches (LLaVA), or "first" / "mean": one token (the first-patch bug / mean-pooling "fix")
     feature_layer: int = -2      # which encoder layer's hidden states (LLaVA: second to last)
     image_positions: str = "learned"  # "learned": a trained vector per image-token slot after the projection; "none"
     layout: str = "question-first"  # where <image> goes in a user turn: after the question, or "image-first" (LLaVA)
@@ -255,8 +255,8 @@ def load_vlm(path, device="cpu", with_vision: bool = True, vision_encoder: str |
 def demo():
     from transformers import CLIPVisionConfig, CLIPVisionModel
     from step6_vlm.data import IMAGE_SIZE, caption_messages, render_scene
-    from step6_vlm.vision import CLIP_DIR, load_vision_encoder, preprocess
-    from step1_tokenizer.model import load_tokenizer
+    from step6_vlm.vision import CLIP_DIR, load_vision_encoder, new_image_processor, preprocess
+    from step1_tokenizer.model import course_tokenizer
     from common.world import random_scene
     import random
 
@@ -264,16 +264,11 @@ def demo():
         vision, proc = load_vision_encoder(str(CLIP_DIR))
         src = f"{CLIP_DIR} (stage 0's small CLIP)"
     else:  # no stage 0 yet: the same architecture, random weights (shapes are what the demo shows)
-        from step6_vlm.train_clip import small_clip_config
-        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+        from step6_vlm.small_clip import small_clip_config
         vision = CLIPVisionModel(small_clip_config(64).vision_config).eval()
-        proc = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+        proc = new_image_processor(IMAGE_SIZE)
         src = "small CLIP architecture, random weights (run train.py --stage clip to train it)"
-    try:
-        tok = load_tokenizer()
-    except CourseError:
-        from step1_tokenizer.model import train_bpe
-        tok = train_bpe(["图中有一个红色圆形。", "What is in this image?"] * 20, 300)
+    tok = course_tokenizer(fallback=True)
     vc = vision.config
     cfg = VLMConfig(src, vc.hidden_size, (vc.image_size // vc.patch_size) ** 2, vc.image_size, image_token_id(tok))
     vlm = VLM(GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size)), cfg, vision).eval()

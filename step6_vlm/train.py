@@ -19,16 +19,15 @@ import time
 import torch
 
 from common import RUNS_DIR
-from common.cli import SHARED_FLAGS, course_parser, run
-from common.device import autocast, pick_device, pick_dtype, seed_everything
+from common.cli import course_parser, run
+from common.device import pick_device, pick_dtype, seed_everything
 from common.errors import CourseError
-from common.training import RunLogger, lr_at, print_summary
-from step2_gpt.model import GPT, GPTConfig, load_gpt
+from common.training import RunLogger, print_summary
 from step6_vlm.data import (CURRICULUM, LAYOUTS, PAINT_SHARE, caption_conversations, eval_items, image_key, load_image,
                             load_real_data, painted_scenes, sft_phases, world_splits)
-from step6_vlm.loop import batches, caption_items, collate, encode, oracle_features, score, world_features
+from step6_vlm.loop import caption_items, encode, fit, init_llm, oracle_features, score, world_features
 from step6_vlm.model import (DEFAULT_LAST_N, DEFAULT_STAGE1_LLM, STAGE1_LLM_CHOICES, VLM, VLMConfig, apply_freeze,
-                             connector_params, image_token_id, load_vlm, save_vlm)
+                             image_token_id, load_vlm, save_vlm)
 from step6_vlm.vision import (CLIP_DIR, cached_features, default_vision_encoder, encoder_key, image_size,
                               load_vision_encoder)
 
@@ -41,7 +40,8 @@ PLAN = {"pretrain": dict(steps=80, batch=64, lr=1e-3, proj_lr=2e-3),
 
 
 def parse():
-    p = course_parser("Train the VLM: stage 0 CLIP, stage 1 pretrain, stage 2 SFT (训练视觉语言模型)", *SHARED_FLAGS)
+    p = course_parser("Train the VLM: stage 0 CLIP, stage 1 pretrain, stage 2 SFT (训练视觉语言模型)", "device", "dtype",
+                      "epochs", "max_steps", "batch_size", "lr", "seed", "data", "out", "init", "resume", "quick")
     a = p.add_argument
     a("--stage", choices=STAGES, default=None, help="只跑一个阶段 run one stage")
     a("--stages", default=None, help="按顺序运行 comma list, e.g. clip,pretrain,sft (default: the missing ones)")
@@ -51,7 +51,7 @@ def parse():
     a("--image-positions", default="learned", choices=("none", "learned"), help="图像token位置向量 learned (one trained vector per image-token slot) / none (LLaVA)")
     a("--layout", default="question-first", choices=LAYOUTS, help="<image> 放在问题之后 question-first / 之前 image-first (LLaVA)")
     a("--feature-layer", type=int, default=-2, help="特征层 encoder layer whose patch states are used (LLaVA: -2)")
-    a("--stage1-llm", default=DEFAULT_STAGE1_LLM, choices=STAGE1_LLM_CHOICES, help="阶段1 LLM: frozen (default; LLaVA-1) / last_n layers (seed 004) / all")
+    a("--stage1-llm", default=DEFAULT_STAGE1_LLM, choices=STAGE1_LLM_CHOICES, help="阶段1 LLM: frozen (default; LLaVA-1) / last_n layers (the lesson's table) / all")
     a("--last-n", type=int, default=DEFAULT_LAST_N, help="阶段1 训练最后几层 LLM layers trained in stage 1")
     a("--images", type=int, default=8000, help="训练图像数 training pictures of the data world")
     a("--eval-images", type=int, default=400, help="评估图像数 held-out pictures (and 300 held-out combinations)")
@@ -81,69 +81,6 @@ def stage_list(args) -> list:
         missing = ["pretrain", "sft"]  # a new stage 1 makes the old stage 2 stale
     needs_clip = (args.vision_encoder or default_vision_encoder()) == str(CLIP_DIR) and not (CLIP_DIR / "config.json").is_file()
     return (["clip"] if needs_clip else []) + missing
-
-
-def init_llm(init=None, quick: bool = False):
-    """The LLM every VLM starts from (train.py, ablate.py, debug.py): `init`, else runs/sft, else runs/pretrain;
-    with `quick`, an untrained tiny one when none exists. Returns (gpt, tokenizer, where it came from)."""
-    for path in ([init] if init else [RUNS_DIR / "sft", RUNS_DIR / "pretrain"]):
-        if (pathlib.Path(path) / "config.json").is_file() or init:
-            gpt, tok, ckpt = load_gpt(path, expect_steps=("pretrain", "sft", "rlhf", "gpt"))
-            return gpt, tok, str(ckpt.path)
-    if not quick:
-        raise CourseError("no language model to start from (runs/sft or runs/pretrain); make one with: "
-                          "python step3_pretrain/train.py  (or run this with --quick for a smoke test)")
-    from step1_tokenizer.model import load_tokenizer
-    try:
-        tok = load_tokenizer()
-    except CourseError:
-        from common.world import build_corpus
-        from step1_tokenizer.model import train_bpe
-        tok = train_bpe(build_corpus(0.3)[0], 600)
-    return GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size, n_layer=2)), tok, "untrained (--quick)"
-
-
-def phase_steps(steps: int, shares) -> list:
-    """Split a stage's steps by the phases' shares; the last phase gets the rest, every phase at least one."""
-    out = [max(1, round(steps * sh)) for sh in shares[:-1]]
-    return out + [max(1, steps - sum(out))]
-
-
-def fit(vlm, tok, phases, feats, stage: str, steps: int, batch: int, lr: float, proj_lr: float, stage1_llm: str,
-        last_n: int, seed: int, device, dtype=torch.float32, log=None, pixels=None) -> dict:
-    """The loop of one stage (train.py and ablate.py): freeze by the table, AdamW with the projection column at its
-    own learning rate, warmup + cosine, clipping. `phases` [(examples, share of the steps)] run in order, each
-    with a fresh optimizer and its own schedule (stage 2's curriculum; one phase otherwise). `pixels` (N, 3, H, W):
-    run the frozen encoder every step instead of reading cached features (slow; for the bench). Returns the final
-    loss, the projection's gradient norm at the first step (> 0, or the image path is cut) and the training time."""
-    apply_freeze(vlm, stage, stage1_llm, last_n)
-    proj_params = [p for p in connector_params(vlm) if p.requires_grad]
-    llm_params = [p for p in vlm.llm.parameters() if p.requires_grad]
-    grad0, t0, done = None, time.perf_counter(), 0
-    for (examples, _), n_steps in zip(phases, phase_steps(steps, [sh for _, sh in phases])):
-        groups = [{"params": proj_params, "base": proj_lr}] + ([{"params": llm_params, "base": lr}] if llm_params else [])
-        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
-        it = batches(examples, batch, seed)
-        for step in range(n_steps):
-            vlm.train()
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, max_lr=g["base"], total_steps=n_steps, warmup_steps=min(50, n_steps // 10))
-            x, y, idx = collate(next(it), tok.pad_id)                      # (B, T), (B, T), (B,)
-            with autocast(device, dtype):
-                if pixels is not None:
-                    _, loss = vlm(x.to(device), y.to(device), pixel_values=pixels[idx].to(device))
-                else:
-                    _, loss = vlm(x.to(device), y.to(device), image_features=feats[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad0 is None:
-                grad0 = float(torch.sqrt(sum((p.grad.float() ** 2).sum() for p in proj_params if p.grad is not None)))
-            torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
-            opt.step()
-            if log is not None:
-                log.train_step(done + step, loss.item(), opt.param_groups[-1]["lr"], tokens=int((y != -100).sum()))
-        done += n_steps
-    return {"loss": loss.item(), "proj_grad0": grad0, "train_s": time.perf_counter() - t0}
 
 
 def train_stage(stage, vlm, tok, phases, feats, args, out, dev, dtype, evaluate) -> dict:
@@ -187,7 +124,7 @@ def main():
     painted = painted_scenes(sp.train, args.paint_share, args.seed) if use_paint else []
     summary = {"stages_run": stages}
     if "clip" in stages:
-        from step6_vlm.train_clip import train_clip
+        from step6_vlm.small_clip import train_clip
         m = train_clip(CLIP_DIR if not args.out else pathlib.Path(args.out) / "clip", **({"steps": 40} if args.quick else {}),
                        n_images=n_train, seed=args.seed, device=args.device, splits=sp)
         print(f"[clip] zero-shot retrieval {m['clip_retrieval_acc']:.1%}, linear probe {m['probe_layer_-2']}", file=sys.stderr)

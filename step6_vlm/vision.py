@@ -3,8 +3,6 @@ feature cache (the encoder never changes, so each image's features are computed 
 """
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -12,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from common import REPO_ROOT, RUNS_DIR
 from common.errors import CourseError
+from common.files import atomic_folder
 
 OPENAI_CLIP = "openai/clip-vit-base-patch16"   # the real encoder (196 patches × 768 at 224²)
 CLIP_DIR = RUNS_DIR / "clip"                     # stage 0's small CLIP (9 patches at 63²)
@@ -48,17 +47,28 @@ def _silence_transformers():
     logging.set_verbosity_error()
 
 
-def load_image_processor(name_or_path: str):
-    """CLIP's own image processor (resize, centre crop, normalise with CLIP's mean/std), on its PIL path:
-    no torchvision needed. Converts any input to RGB."""
-    _silence_transformers()
-    try:  # transformers ≥ 5.2x names the PIL backend explicitly; older versions use the plain class on PIL
+def _processor_class():
+    """CLIP's image processor on its PIL path (no torchvision needed). transformers ≥ 5.2x names the PIL backend
+    explicitly; earlier 5.x releases use the plain class on PIL images. The one place that knows the difference."""
+    try:
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil as Proc
     except ImportError:
         from transformers import CLIPImageProcessor as Proc
+    return Proc
+
+
+def new_image_processor(size: int):
+    """A fresh CLIP image processor for size×size pictures (the small CLIP of stage 0 and the tests' tiny ones)."""
+    return _processor_class()(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def load_image_processor(name_or_path: str):
+    """CLIP's own image processor (resize, centre crop, normalise with CLIP's mean/std) saved with an encoder.
+    Converts any input to RGB."""
+    _silence_transformers()
     src = _resolve(name_or_path)
     try:
-        proc = Proc.from_pretrained(src)
+        proc = _processor_class().from_pretrained(src)
     except Exception as e:
         raise CourseError(f"cannot load the image processor of --vision-encoder {name_or_path} "
                           f"({type(e).__name__}); {OFFLINE_HINT}") from None
@@ -153,14 +163,9 @@ class FeatureCache:
     def save(self) -> None:
         if not self.enabled or self.feats is None:
             return
-        tmp = self.dir.parent / f".{self.dir.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({"features": self.feats}, str(tmp / "features.safetensors"))
-        (tmp / "index.json").write_text(json.dumps(self.index))
-        if self.dir.exists():
-            shutil.rmtree(self.dir)
-        tmp.rename(self.dir)
+        with atomic_folder(self.dir) as tmp:
+            save_file({"features": self.feats}, str(tmp / "features.safetensors"))
+            (tmp / "index.json").write_text(json.dumps(self.index))
 
 
 def cached_features(encoder, processor, keys, make_image, enc_key: str, feature_layer: int = -2,

@@ -26,14 +26,14 @@ def tok():
 def clip_dir(tmp_path_factory):
     """A small, random CLIP saved like stage 0 saves its own: save_pretrained + the image processor."""
     from transformers import CLIPModel
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-    from step6_vlm.train_clip import CaptionVocab, small_clip_config
+    from step6_vlm.small_clip import CaptionVocab, small_clip_config
+    from step6_vlm.vision import new_image_processor
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("clip")
     model = CLIPModel(small_clip_config(len(CaptionVocab.for_world().words), width=32, layers=2, heads=2, text_layers=1,
                                         text_width=32))
     model.save_pretrained(path)
-    CLIPImageProcessorPil(size={"shortest_edge": 63}, crop_size={"height": 63, "width": 63}).save_pretrained(path)
+    new_image_processor(63).save_pretrained(path)
     return path
 
 

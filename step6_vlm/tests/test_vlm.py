@@ -86,7 +86,7 @@ def test_layout_puts_the_image_after_the_question_and_the_checkpoint_remembers_i
     to it; image-first is LLaVA's order. Training data, scoring and demo all follow the model's layout."""
     import random
     from step6_vlm.data import qa_examples, user_turn, world_splits
-    from step6_vlm.demo import prepare_prompt
+    from step6_vlm.chat import prepare_prompt
     from step6_vlm.model import load_vlm, save_vlm
     q = "What color is the shape at the top left?"
     for layout in ("question-first", "image-first"):
@@ -112,7 +112,7 @@ def test_layout_puts_the_image_after_the_question_and_the_checkpoint_remembers_i
 def test_stage2_curriculum_drills_both_lookups_then_the_full_mix(tok):
     from step6_vlm.data import CURRICULUM, unique_things, sft_phases, world_splits
     from step6_vlm.loop import encode
-    from step6_vlm.train import fit, phase_steps
+    from step6_vlm.loop import fit, phase_steps
     scenes = world_splits(40, 1, 1, seed=0).train
     assert [types for types, _ in CURRICULUM] == [("color", "shape"), ("position",)]
     (cells, s1), (things, s2), (full, rest) = sft_phases(scenes, random.Random(0), "question-first",
@@ -227,7 +227,7 @@ def test_projection_learns_in_stage1_from_the_answer_loss_only(tok):
 
 
 def test_count_mismatch_and_bad_prompts(tok):
-    from step6_vlm.demo import prepare_prompt
+    from step6_vlm.chat import prepare_prompt
     vlm = make_vlm(tok, block_size=64)
     ids, _ = build_example(vlm, tok, CAPTION[:1])
     with pytest.raises(CourseError, match="placeholders"):
@@ -409,7 +409,7 @@ def test_real_data_loaders(tmp_path):
 
 def test_twins_change_one_thing_and_shape_twins_weigh_shape():
     from step6_vlm.data import world_splits
-    from step6_vlm.train_clip import twin
+    from step6_vlm.small_clip import twin
     scenes = world_splits(300, 0, 0, seed=3).train
 
     def shape_share(weight):
@@ -430,7 +430,7 @@ def test_stage0_extra_colours_are_new_named_and_give_every_shape_many_colours():
     import math
     from common.world import COLORS, describe_scene
     from step6_vlm.data import BACKGROUND, painted_scenes, world_splits
-    from step6_vlm.train_clip import EXTRA_COLORS, CaptionVocab
+    from step6_vlm.small_clip import EXTRA_COLORS, CaptionVocab
     world = [c.rgb for c in COLORS] + [BACKGROUND]
     assert all(min(math.dist(c.rgb, w) for w in world) >= 80 for c in EXTRA_COLORS)
     assert not {c.en for c in EXTRA_COLORS} & {c.en for c in COLORS} and all(c.en and not c.zh for c in EXTRA_COLORS)
@@ -449,7 +449,7 @@ def test_stage0_extra_colours_are_new_named_and_give_every_shape_many_colours():
 def test_stage0_never_trains_on_a_held_out_picture():
     # The default splits: before this rule, 12 twins of repainted scenes were held-out test pictures.
     from step6_vlm.data import scene_key, world_splits
-    from step6_vlm.train_clip import EXTRA_COLORS, contrastive_pairs
+    from step6_vlm.small_clip import EXTRA_COLORS, contrastive_pairs
     sp = world_splits(8000, 400, 300, seed=1337)
     pairs, n_world = contrastive_pairs(sp, seed=1337)
     held_out = {scene_key(s) for s in sp.test + sp.combo}

@@ -19,14 +19,14 @@ them. Each image token can then look back at the cell word and mark itself "aske
 query it needs), and the answering position only has to find the marked token: both hops have a fixed query.
 """
 import sys, pathlib
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # repo root: common/ and earlier steps
 
 import time
 
 import torch
 import torch.nn.functional as F
 
-from common.cli import SHARED_FLAGS, course_parser, run
+from common.cli import course_parser, run
 from common.device import seed_everything
 from common.errors import CourseError
 from common.training import print_summary
@@ -98,7 +98,7 @@ def train_lookup(qk_norm: bool, steps: int, lr: float, filler: int, tail: int, s
 
 
 def main():
-    p = course_parser("The two-hop lookup plateau, without and with QK-norm (绑定问题：QK 归一化的作用)", *SHARED_FLAGS, lr=1e-3)
+    p = course_parser("The two-hop lookup plateau, without and with QK-norm (绑定问题：QK 归一化的作用)", "lr", "seed", "quick", lr=1e-3)
     p.add_argument("--qk-norm", choices=("both", "only", "off"), default="both", help="比较 both / only with / only without")
     p.add_argument("--steps", type=int, default=1500, help="最多步数 stop here if the target was not reached")
     p.add_argument("--filler", type=int, default=10, help="填充词数 random words between the picture and the question")

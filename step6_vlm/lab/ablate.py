@@ -5,19 +5,19 @@ both stages briefly on cached frozen features, and scores held-out pictures per 
     python ablate.py --only first,mean     # some rows
     python ablate.py --quick               # seconds: tiny random model, shows the table's shape only
 
-Baseline = train.py's defaults (all patches, linear projection, learned image positions, the question before
+Baseline = ../train.py's defaults (all patches, linear projection, learned image positions, the question before
 the image, stage 1 trains the projection only, no loss on image positions, two stages), with fewer
 steps. The rows:
-  1. image tokens: first patch only (seed 000's bug) / one mean-pooled token (seed 000's fix) / all patches (LLaVA)
-  2. loss on image positions (seed 000's other change) vs none
-  3. stage-1 freeze: projection only / projection + last 2 layers (seed 004) / whole LLM; one stage (SFT only) vs two
+  1. image tokens: first patch only (the bug) / one mean-pooled token (its tempting fix) / all patches (LLaVA)
+  2. loss on image positions (the other tempting change) vs none
+  3. stage-1 freeze: projection only / projection + last 2 layers (the lesson's table) / whole LLM; one stage (SFT only) vs two
   4. linear vs MLP projection
   5. the lookup: no lookup drill at the start of stage 2 / the image before the question (LLaVA's layout) /
      no learned image positions
   6. colour apart from shape: no repainted pictures in stage 2 (data.PAINT_SHARE) — read the held-out combinations
 """
 import sys, pathlib
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # repo root: common/ and earlier steps
 
 import copy
 import json
@@ -29,16 +29,15 @@ import torch
 import torch.nn.functional as F
 
 from common import RUNS_DIR
-from common.cli import SHARED_FLAGS, course_parser, run
+from common.cli import course_parser, run
 from common.device import pick_device, seed_everything
 from common.errors import CourseError
 from common.training import print_summary
 from step6_vlm.data import (CURRICULUM, PAINT_SHARE, caption_conversations, cell_labels, eval_items, painted_scenes,
                             sft_phases, world_splits)
 from step6_vlm.debug import with_image_loss
-from step6_vlm.loop import caption_items, encode, score
+from step6_vlm.loop import caption_items, encode, fit, init_llm, score
 from step6_vlm.model import DEFAULT_LAST_N, DEFAULT_STAGE1_LLM, VLM, VLMConfig, image_token_id
-from step6_vlm.train import fit, init_llm
 
 # Short runs: same learning rates and batch as train.py, a fifth of its stage-2 steps, so all rows fit in
 # 18–29 minutes on the shared 2-core CPU (82–186 s a row, by how busy it is). Every row is then far from converged:
@@ -50,10 +49,10 @@ QUICK_PLAN = {"pretrain": dict(steps=4, batch=8, lr=1e-3, proj_lr=2e-3), "sft": 
 CONFIG_OVERRIDES = ("image_tokens", "projector", "image_positions", "layout")
 VARIANTS = {
     "baseline":      ("", "baseline: all patches, linear, positions, question first, stage 1 = projection only, lookup drill", {}),
-    "first":         ("1 image tokens", "first patch only (seed 000 bug)", {"image_tokens": "first"}),
-    "mean":          ("1 image tokens", "one mean-pooled token (seed 000 fix)", {"image_tokens": "mean"}),
-    "image_loss":    ("2 loss on image positions", "loss on image positions too (seed 000)", {"image_loss": True}),
-    "stage1_last_n": ("3 stage-1 freeze", "stage 1: projection + last 2 LLM layers (seed 004)", {"stage1_llm": "last_n"}),
+    "first":         ("1 image tokens", "first patch only (the bug)", {"image_tokens": "first"}),
+    "mean":          ("1 image tokens", "one mean-pooled token (mean-pooling fix)", {"image_tokens": "mean"}),
+    "image_loss":    ("2 loss on image positions", "loss on image positions too", {"image_loss": True}),
+    "stage1_last_n": ("3 stage-1 freeze", "stage 1: projection + last 2 LLM layers (the lesson's table)", {"stage1_llm": "last_n"}),
     "stage1_all":    ("3 stage-1 freeze", "stage 1: projection + whole LLM", {"stage1_llm": "all"}),
     "one_stage":     ("3 stage-1 freeze", "one stage: SFT only, same total steps", {"stages": ("sft",)}),
     "mlp":           ("4 projection", "MLP projection (Linear-GELU-Linear)", {"projector": "mlp"}),
@@ -143,7 +142,7 @@ def probe_ceiling(feats: torch.Tensor, scenes, n_train: int, mode: str, ridge: f
 
 
 def command(name: str, quick: bool) -> str:
-    return f"python step6_vlm/ablate.py --only {name}" + (" --quick" if quick else "")
+    return f"python step6_vlm/lab/ablate.py --only {name}" + (" --quick" if quick else "")
 
 
 def table(results: dict, quick: bool, machine: str, probe: dict | None = None, plan: dict | None = None) -> str:
@@ -154,7 +153,7 @@ def table(results: dict, quick: bool, machine: str, probe: dict | None = None, p
         pre = ["Information ceiling of the image tokens (linear probe on the frozen features each mode hands to the LLM, "
                "fitted on the training pictures, scored on held-out ones; no LLM training, seconds):", "",
                "| image tokens | tokens per image | " + " | ".join(types) + " |", "|---|---|" + "---|" * len(types)]
-        for m, label in (("first", "first patch only (seed 000 bug)"), ("mean", "one mean-pooled token (seed 000 fix)"),
+        for m, label in (("first", "first patch only (the bug)"), ("mean", "one mean-pooled token (mean-pooling fix)"),
                          ("all", "all patches (LLaVA)")):
             pre.append(f"| {label} | {1 if m != 'all' else 'P'} | " + " | ".join(f"{probe[m][t]:.1%}" for t in types) + " |")
         pre.append("")
@@ -225,7 +224,8 @@ def setup(args, dev) -> dict:
 
 
 def main():
-    p = course_parser("Measured ablations of the VLM's image path (消融实验)", *SHARED_FLAGS)
+    p = course_parser("Measured ablations of the VLM's image path (消融实验)", "device", "batch_size", "seed",
+                      "out", "init", "quick")
     p.add_argument("--only", default=None, help=f"只跑这些行 comma list of rows: {', '.join(VARIANTS)}")
     p.add_argument("--images", type=int, default=8000, help="训练图像数 training pictures (as train.py: features come from its cache)")
     p.add_argument("--eval-images", type=int, default=200, help="评估图像数 held-out pictures (and half as many held-out combinations)")
