@@ -267,8 +267,13 @@ def test_clip_save_load_offline_and_cache(clip_dir, tmp_path, monkeypatch):
     pv = preprocess(proc, [render_scene(s) for s in scenes])
     assert pv.shape == (4, 3, 63, 63)
     live = patch_features(enc, pv)
+    seen = []  # the full model's second-to-last layer output, caught by a hook (works on every transformers 5.x)
+    hook = full.vision_model.encoder.layers[-2].register_forward_hook(
+        lambda mod, inp, out: seen.append(out[0] if isinstance(out, tuple) else out))
     with torch.no_grad():
-        ref = full.vision_model(pixel_values=pv, output_hidden_states=True).hidden_states[-2][:, 1:]
+        full.vision_model(pixel_values=pv)
+    hook.remove()
+    ref = seen[0][:, 1:]
     assert torch.allclose(live, ref, atol=1e-5)
     f1, n1 = world_features(enc, proc, scenes, str(clip_dir), -2, 63, cache_root=tmp_path)
     f2, n2 = world_features(enc, proc, scenes, str(clip_dir), -2, 63, cache_root=tmp_path)
