@@ -41,9 +41,11 @@ PLAN = {"pretrain": dict(steps=80, batch=64, lr=1e-3, proj_lr=2e-3),
 
 def parse():
     p = course_parser("Train the VLM: stage 0 CLIP, stage 1 pretrain, stage 2 SFT (训练视觉语言模型)", "device", "dtype",
-                      "epochs", "max_steps", "batch_size", "lr", "seed", "data", "out", "init", "resume", "quick")
+                      "epochs", "max_steps", "batch_size", "lr", "seed", "data", "init", "resume", "quick")
     a = p.add_argument
     a("--stage", choices=STAGES, default=None, help="只跑一个阶段 run one stage")
+    a("--runs", default=None, help="检查点目录 where the stages' checkpoints go: RUNS/clip, RUNS/vlm_pretrain, RUNS/vlm_sft "
+      "(default runs/; there is no --out: this script writes up to three checkpoints)")
     a("--stages", default=None, help="按顺序运行 comma list, e.g. clip,pretrain,sft (default: the missing ones)")
     a("--vision-encoder", default=None, help=f"视觉编码器 HF id or folder (default: openai/clip-vit-base-patch16 if cached, else {CLIP_DIR})")
     a("--projector", default="linear", choices=("linear", "mlp"), help="投影层 linear (LLaVA-1, no bias) or mlp")
@@ -64,8 +66,8 @@ def parse():
 
 
 def stage_dir(args, stage: str) -> pathlib.Path:
-    """Where a stage's checkpoint lives: runs/vlm_<stage>, or under --out."""
-    return pathlib.Path(args.out) / f"vlm_{stage}" if args.out else pathlib.Path(OUT[stage])
+    """Where a stage's checkpoint lives: runs/vlm_<stage>, or under --runs."""
+    return pathlib.Path(args.runs) / f"vlm_{stage}" if args.runs else pathlib.Path(OUT[stage])
 
 
 def stage_list(args) -> list:
@@ -125,11 +127,11 @@ def main():
     summary = {"stages_run": stages}
     if "clip" in stages:
         from step6_vlm.small_clip import train_clip
-        m = train_clip(CLIP_DIR if not args.out else pathlib.Path(args.out) / "clip", **({"steps": 40} if args.quick else {}),
+        m = train_clip(CLIP_DIR if not args.runs else pathlib.Path(args.runs) / "clip", **({"steps": 40} if args.quick else {}),
                        n_images=n_train, seed=args.seed, device=args.device, splits=sp)
         print(f"[clip] zero-shot retrieval {m['clip_retrieval_acc']:.1%}, linear probe {m['probe_layer_-2']}", file=sys.stderr)
         summary.update(m)
-    enc_name = args.vision_encoder or (str(pathlib.Path(args.out) / "clip") if args.out and "clip" in stages else default_vision_encoder())
+    enc_name = args.vision_encoder or (str(pathlib.Path(args.runs) / "clip") if args.runs and "clip" in stages else default_vision_encoder())
     vision, proc = load_vision_encoder(enc_name, dev)
     size = image_size(proc)
     if args.oracle_features:  # the encoder is not run: only its width is kept, so the projection has its usual shape

@@ -179,17 +179,17 @@ def test_position_answers_restate_the_thing_right_before_its_cell():
     assert twins and question("position", twins[0], rng, "en") is None   # two red stars: no single answer, not asked
 
 
-def test_missing_stages_are_looked_up_under_out(tmp_path, monkeypatch):
-    """train.py --out DIR runs the stages missing in DIR, not those missing in runs/ (it used to load DIR/vlm_sft and fail)."""
+def test_missing_stages_are_looked_up_under_runs(tmp_path, monkeypatch):
+    """train.py --runs DIR runs the stages missing in DIR, not those missing in runs/ (it used to load DIR/vlm_sft and fail)."""
     import argparse
     import step6_vlm.train as T
     for stage in ("pretrain", "sft"):
         (tmp_path / "runs" / f"vlm_{stage}").mkdir(parents=True)
         (tmp_path / "runs" / f"vlm_{stage}" / "config.json").write_text("{}")
         monkeypatch.setitem(T.OUT, stage, tmp_path / "runs" / f"vlm_{stage}")
-    args = argparse.Namespace(stage=None, stages=None, out=None, vision_encoder="some/clip")
+    args = argparse.Namespace(stage=None, stages=None, runs=None, vision_encoder="some/clip")
     assert T.stage_list(args) == []
-    args.out = str(tmp_path / "elsewhere")
+    args.runs = str(tmp_path / "elsewhere")
     assert T.stage_list(args) == ["pretrain", "sft"]
 
 
@@ -371,10 +371,10 @@ def test_cli_bad_inputs_give_one_line(tmp_path):
     r = _cli("step6_vlm/demo.py", "--image", str(tmp_path / "empty.jpg"))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: image {tmp_path / 'empty.jpg'} is an empty file (0 bytes)"]
     r = _cli("step6_vlm/train.py", "--quick", "--stage", "pretrain", "--vision-encoder", "no-such-user/no-such-clip",
-             "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache"))
+             "--runs", str(tmp_path), "--cache-dir", str(tmp_path / "cache"))
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "offline" in lines[0] and "Traceback" not in r.stderr
-    r = _cli("step6_vlm/train.py", "--quick", "--stage", "sft", "--paint-share", "1.5", "--out", str(tmp_path))
+    r = _cli("step6_vlm/train.py", "--quick", "--stage", "sft", "--paint-share", "1.5", "--runs", str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: --paint-share is a share of the training pictures: give a number from 0 to 1, not 1.5"]
     r = _cli("step6_vlm/train_clip.py", "--quick", "--extra-colors", "2", "--out", str(tmp_path / "clip"))
