@@ -11,7 +11,7 @@ from common.device import autocast
 from common.errors import CourseError
 from common.training import lr_at
 from step1_tokenizer.model import course_tokenizer
-from step2_gpt.model import GPT, GPTConfig, load_gpt
+from step2_gpt.model import GPT, GPT_STEPS, GPTConfig, load_gpt
 
 from step6_vlm.data import CAPTION_PROMPTS, RENDER_VERSION, caption_messages, cell_labels, render_scene, scene_key, user_turn
 from step6_vlm.model import VLM, apply_freeze, build_example, connector_params
@@ -124,7 +124,7 @@ def init_llm(init=None, quick: bool = False):
     with `quick`, an untrained tiny one when none exists. Returns (gpt, tokenizer, where it came from)."""
     for path in ([init] if init else [RUNS_DIR / "sft", RUNS_DIR / "pretrain"]):
         if (pathlib.Path(path) / "config.json").is_file() or init:
-            gpt, tok, ckpt = load_gpt(path, expect_steps=("pretrain", "sft", "rlhf", "gpt"))
+            gpt, tok, ckpt = load_gpt(path, expect_steps=GPT_STEPS)
             return gpt, tok, str(ckpt.path)
     if not quick:
         raise CourseError("no language model to start from (runs/sft or runs/pretrain); make one with: "
