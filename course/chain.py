@@ -72,6 +72,8 @@ STEPS = (
     Step("step3", "Pretraining", (("step3_pretrain/train.py",),), needs=("tokenizer",), makes=("pretrain",),
          bars=(Bar("wall time of the default CPU run (s)", 0, "wall_s", "<=", 300.0, "{:.0f}"),
                Bar("val loss (perplexity 2–3 on the data world)", 0, "val_loss", "<=", 1.1, "{:.3f}"))),
+    Step("step4", "SFT", (("step4_sft/train.py",),), needs=("pretrain",), makes=("sft",),
+         bars=(Bar("wall time of the default CPU run (s)", 0, "wall_s", "<=", 300.0, "{:.0f}"),)),
 )
 BY_NAME = {s.name: s for s in STEPS}
 MAKER = {folder: s.name for s in STEPS for folder in s.makes}
