@@ -91,3 +91,19 @@ def test_lora_saves_loadable_merged_checkpoint_and_bad_rank(tmp_path):
     assert ckpt.step == "sft"
     r = _train(["--init", str(pre), "--out", str(tmp_path / "b"), "--lora", "0"])
     assert r.returncode == 2 and "error:" in r.stderr and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tmp_path):
+    pre = ROOT / "runs/pretrain"
+    if not (pre / "config.json").is_file():
+        pytest.skip("runs/pretrain missing")
+    common = ["--init", str(pre), "--max-steps", "4", "--batch-size", "2", "--examples", "20"]
+    assert _train([*common, "--out", str(tmp_path / "a")]).returncode == 0
+    assert _train([*common, "--out", str(tmp_path / "b"), "--stop-at", "2"]).returncode == 0
+    r = _train([*common, "--out", str(tmp_path / "b"), "--resume"])
+    assert r.returncode == 0, r.stderr
+    a, _, _ = load_gpt(tmp_path / "a")
+    b, _, _ = load_gpt(tmp_path / "b")
+    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(p, q), n
