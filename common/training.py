@@ -1,4 +1,5 @@
-"""Training-loop helpers shared by every train.py: LR schedule, progress bar, metrics log, loss plot, summary."""
+"""Training-loop helpers shared by every train.py: processes (DDP), optimizer, LR schedule, progress bar, metrics
+log, loss plot, summary."""
 import json
 import math
 import os
@@ -7,7 +8,10 @@ import time
 from collections import deque
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
+
+from common.device import pick_device
 
 def process_start() -> float:
     """The `time.perf_counter()` value at which this process started (Linux: from /proc; elsewhere: now), so a
@@ -18,6 +22,30 @@ def process_start() -> float:
     except (OSError, ValueError, IndexError, AttributeError):
         age = 0.0
     return time.perf_counter() - age
+
+
+def setup_ddp(device_name):
+    """Launched by torchrun (RANK is set): join the process group, one GPU per process. Else one process."""
+    if "RANK" not in os.environ:
+        return 0, 1, pick_device(device_name)
+    import torch.distributed as dist
+    device = pick_device(device_name)
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if device.type == "cuda":
+        device = torch.device(f"cuda:{local}")
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")  # gloo: CPU, used by the tests
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def make_optimizer(model, lr, weight_decay, device):
+    """AdamW with two groups: matrices (and embeddings) decay; norms' gains do not — pulling a gain towards 0
+    only fights the normalization. Fused kernels on CUDA: one launch updates every parameter."""
+    params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
+    decay, no_decay = [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    extra = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, **extra)
 
 
 LOG_LINE_SECONDS = 5.0  # without a terminal, a progress line this often instead of carriage-return redraws

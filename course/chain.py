@@ -73,7 +73,9 @@ STEPS = (
          bars=(Bar("wall time of the default CPU run (s)", 0, "wall_s", "<=", 300.0, "{:.0f}"),
                Bar("val loss (perplexity 2–3 on the data world)", 0, "val_loss", "<=", 1.1, "{:.3f}"))),
     Step("step4", "SFT", (("step4_sft/train.py",),), needs=("pretrain",), makes=("sft",),
-         bars=(Bar("wall time of the default CPU run (s)", 0, "wall_s", "<=", 300.0, "{:.0f}"),)),
+         bars=(Bar("wall time of the default CPU run (s)", 0, "wall_s", "<=", 300.0, "{:.0f}"),
+               Bar("held-out exact match, mean over tasks and languages", 0, "heldout_mean", ">=", 0.95, "{:.1%}"),
+               Bar("answers that end with <|im_end|>", 0, "eos_rate", ">=", 0.99, "{:.1%}"))),
 )
 BY_NAME = {s.name: s for s in STEPS}
 MAKER = {folder: s.name for s in STEPS for folder in s.makes}

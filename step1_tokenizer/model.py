@@ -292,6 +292,19 @@ def load_tokenizer(path=None):
     return Tokenizer.load(path)
 
 
+def quick_tokenizer() -> Tokenizer:
+    """The small stand-in for step 1's tokenizer (vocab QUICK_VOCAB, trained on QUICK_WORLD_MB of the data world):
+    trained once, kept in runs/tokenizer-quick, the same on every machine (tests that want a fixed vocabulary
+    use it whether or not step 1 has run)."""
+    if (QUICK_TOKENIZER_DIR / HF_FILE).is_file():
+        return Tokenizer.load(QUICK_TOKENIZER_DIR)
+    from common.world import build_corpus
+    tok = train_bpe(build_corpus(QUICK_WORLD_MB, seed=1337)[0], QUICK_VOCAB)
+    with atomic_folder(QUICK_TOKENIZER_DIR) as tmp:
+        tok.save(tmp)
+    return tok
+
+
 def course_tokenizer(path=None, *, fallback: bool = False, say=print) -> Tokenizer:
     """The tokenizer a step uses: `path` if given, else step 1's runs/tokenizer. When that does not exist
     and `fallback` is set (a --quick run, a demo), a small stand-in (vocab QUICK_VOCAB, trained on
@@ -304,13 +317,7 @@ def course_tokenizer(path=None, *, fallback: bool = False, say=print) -> Tokeniz
     if not fallback:
         raise CourseError(f"no tokenizer at {DEFAULT_TOKENIZER_DIR}; make it first with: "
                           "python step1_tokenizer/train.py   (or pass --quick to use a small stand-in)")
-    if (QUICK_TOKENIZER_DIR / HF_FILE).is_file():
-        tok = Tokenizer.load(QUICK_TOKENIZER_DIR)
-    else:
-        from common.world import build_corpus
-        tok = train_bpe(build_corpus(QUICK_WORLD_MB, seed=1337)[0], QUICK_VOCAB)
-        with atomic_folder(QUICK_TOKENIZER_DIR) as tmp:
-            tok.save(tmp)
+    tok = quick_tokenizer()
     if say:
         say(f"no tokenizer at {DEFAULT_TOKENIZER_DIR} (python step1_tokenizer/train.py makes it): using the "
             f"{tok.vocab_size}-token stand-in in {QUICK_TOKENIZER_DIR}")

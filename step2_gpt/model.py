@@ -393,6 +393,21 @@ def load_gpt(path, expect_steps=None, device="cpu", hint: str = "python step3_pr
     return model.to(device).eval(), tokenizer, ckpt
 
 
+UNTRAINED = "untrained (--quick)"
+
+
+def quick_or_load_gpt(path, quick: bool, expect_steps=GPT_STEPS, hint: str = "python step3_pretrain/train.py"):
+    """load_gpt(path) → (model, tokenizer, where it came from); for a --quick smoke run when `path` holds no
+    checkpoint, an untrained 2-layer GPT with the course tokenizer instead, so a step runs before the ones
+    before it have (its numbers then mean nothing, and the returned "where" says so)."""
+    if quick and not (pathlib.Path(path) / "config.json").is_file():
+        from step1_tokenizer.model import course_tokenizer
+        tok = course_tokenizer(fallback=True)
+        return GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size, n_layer=2)), tok, UNTRAINED
+    model, tok, ckpt = load_gpt(path, expect_steps=expect_steps, hint=hint)
+    return model, tok, str(ckpt.path)
+
+
 # ----------------------------------------------------------------------------------------------------
 # python model.py --demo
 

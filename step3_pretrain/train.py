@@ -28,9 +28,9 @@ import torch
 from common import RUNS_DIR
 from common.checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from common.cli import SHARED_FLAGS, course_parser
-from common.device import autocast, pick_device, pick_dtype, seed_everything
+from common.device import autocast, pick_dtype, seed_everything
 from common.errors import CourseError
-from common.training import RunLogger, lr_at, process_start
+from common.training import RunLogger, lr_at, make_optimizer, process_start, setup_ddp
 from step2_gpt.model import GPT_STEPS, load_gpt
 from step3_pretrain.data import check_enough, prepare_data, sample_prompts, tokenizer_fingerprint
 from step3_pretrain.model import (batch_offsets, build_model, cut_batch, eval_offsets, evaluate, perplexity,
@@ -93,30 +93,6 @@ def setup_args(args):
     if args.batch_size % args.grad_accum:
         raise CourseError(f"--batch-size {args.batch_size} must be divisible by --grad-accum {args.grad_accum}")
     return args
-
-
-def setup_ddp(device_name):
-    """Launched by torchrun (RANK is set): join the process group, one GPU per process. Else one process."""
-    if "RANK" not in os.environ:
-        return 0, 1, pick_device(device_name)
-    import torch.distributed as dist
-    device = pick_device(device_name)
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if device.type == "cuda":
-        device = torch.device(f"cuda:{local}")
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")  # gloo: CPU, used by the tests
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def make_optimizer(model, lr, weight_decay, device):
-    """AdamW with two groups: matrices (and embeddings) decay; norms' gains do not — pulling a gain towards 0
-    only fights the normalization. Fused kernels on CUDA: one launch updates every parameter."""
-    params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
-    decay, no_decay = [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    extra = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, **extra)
 
 
 def train(args):

@@ -1,86 +1,53 @@
-"""Held-out exact match per task and language: the SFT model vs the pretrained model prompted few-shot.
+"""Held-out exact match per task and language: the SFT model against the pretrained model prompted few-shot
+(the fair baseline: it has never seen a question, so it is shown two solved ones first), the "I don't know"
+rates, and what SFT cost the base model (its loss on step 3's validation text, before → after).
 
-    python eval.py                         # runs/sft vs runs/pretrain
-    python eval.py --n 50                  # fewer held-out conversations
+    python eval.py                              # runs/sft against runs/pretrain, 200 held-out conversations
+    python eval.py --init /tmp/sft_lora --n 100
 
-Last line, one JSON object with the keys: sft_exact_match, pretrain_exact_match ({task: {lang: value}}), eos_rate,
-idk_rate_unanswerable, idk_rate_answerable, forgetting_val_loss ([before, after]).
+Last line, one JSON object with the keys: sft_exact_match, pretrain_exact_match ({task: {lang: share}}),
+sft_mean, pretrain_mean, eos_rate, idk_rate_unanswerable, idk_rate_answerable, forgetting_val_loss
+([before, after]), n, init, base.
 """
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
 
-from collections import defaultdict
-
-import numpy as np
-import torch
-
 from common import RUNS_DIR
 from common.cli import course_parser
-from common.device import pick_device
-from common.world import corpus_files
+from common.device import pick_device, seed_everything
+from common.training import print_summary
 from step2_gpt.model import GPT_STEPS, load_gpt
-from step3_pretrain.model import eval_offsets, evaluate
-from step4_sft.data import IDK, world_conversations
-
-
-def answers(model, tok, conv, shots, device):
-    """Greedy answer to every assistant turn (earlier turns given as the reference); (predicted, wanted, eos)."""
-    out, msgs = [], conv["messages"]
-    for k, m in enumerate(msgs):
-        if m["role"] != "assistant":
-            continue
-        ids, _ = tok.render_conversation(shots + msgs[:k], add_generation_prompt=True)
-        new = model.generate(torch.tensor([ids[-model.config.block_size + 32:]], device=device), max_new_tokens=32,
-                             temperature=0, eos_id=tok.im_end_id)[0].tolist()
-        eos = bool(new) and new[-1] == tok.im_end_id
-        out.append((tok.decode([i for i in new if i != tok.im_end_id], skip_special=True).strip(), m["content"], eos))
-    return out
-
-
-def score(model, tok, convs, shots_of, device):
-    hits, eos, idk = defaultdict(list), [], {"unanswerable": [], "answerable": []}
-    for c in convs:
-        for pred, want, e in answers(model, tok, c, shots_of(c), device):
-            hits[(c["task"], c["lang"])].append(pred == want)
-            eos.append(e)
-            idk["unanswerable" if want == IDK[c["lang"]] else "answerable"].append(pred == IDK[c["lang"]])
-    table = defaultdict(dict)
-    for (task, lang), h in sorted(hits.items()):
-        table[task][lang] = round(sum(h) / len(h), 4)
-    mean = lambda v: round(sum(v) / max(1, len(v)), 4)
-    return dict(table), mean(eos), mean(idk["unanswerable"]), mean(idk["answerable"])
-
-
-def val_loss(model, tok, device):
-    _, val_path = corpus_files(4.0, 1337)
-    stream = np.array(tok.encode(val_path.read_text(encoding="utf-8")), dtype=np.int64)
-    return evaluate(model, stream, eval_offsets(len(stream), 128, 64), 128, 16, device, torch.float32, 0, 1)
+from step4_sft.data import world_conversations
+from step4_sft.scoring import few_shot, pretrain_val_loss, score
 
 
 def main():
-    from common.training import print_summary
-    p = course_parser("Step 4: held-out exact match, SFT vs pretrained few-shot.", "device", "seed", "init",
-                      init=str(RUNS_DIR / "sft"))
+    p = course_parser("Step 4: held-out exact match, SFT against the pretrained model few-shot.", "device", "seed",
+                      "init", init=str(RUNS_DIR / "sft"))
     p.add_argument("--base", default=str(RUNS_DIR / "pretrain"), help="预训练模型 the pretrained checkpoint")
-    p.add_argument("--n", type=int, default=200, help="held-out conversations")
+    p.add_argument("--n", type=int, default=200, help="留出对话数 held-out conversations")
     args = p.parse_args()
+    seed_everything(args.seed)
     device = pick_device(args.device)
-    sft, tok, _ = load_gpt(args.init, expect_steps=("sft",), device=device, hint="python step4_sft/train.py")
-    base, _, _ = load_gpt(args.base, expect_steps=GPT_STEPS, device=device)
-    held = world_conversations(args.n, args.seed, "heldout")
-    pool = world_conversations(50, args.seed + 1)
-    def shots_of(c):  # two solved examples of the same task and language, before the question
-        same = [s for s in pool if s["task"] == c["task"] and s["lang"] == c["lang"]][:2]
-        return [m for s in same for m in s["messages"] if m["role"] != "system"]
-    s_tab, eos, idk_u, idk_a = score(sft, tok, held, lambda c: [], device)
-    p_tab, _, _, _ = score(base, tok, held, shots_of, device)
-    print(f"{'task':<10} {'lang':<4} {'sft':>6} {'pretrain':>9}")
-    for task in s_tab:
-        for lang in s_tab[task]:
-            print(f"{task:<10} {lang:<4} {s_tab[task][lang]:>6.1%} {p_tab[task][lang]:>9.1%}")
-    print_summary(sft_exact_match=s_tab, pretrain_exact_match=p_tab, eos_rate=eos, idk_rate_unanswerable=idk_u,
-                  idk_rate_answerable=idk_a, forgetting_val_loss=[round(val_loss(base, tok, device), 4),
-                                                                 round(val_loss(sft, tok, device), 4)])
+    sft, tok, _ = load_gpt(args.init, expect_steps=("sft", "rlhf"), device=device, hint="python step4_sft/train.py")
+    base, base_tok, _ = load_gpt(args.base, expect_steps=GPT_STEPS, device=device)
+    heldout = world_conversations(args.n, args.seed, "heldout")
+    s = score(sft, tok, heldout, device)
+    b = score(base, base_tok, heldout, device, shots_of=few_shot(args.seed))
+    print(f"{'task':<10} {'lang':<4} {'SFT':>7} {'pretrained few-shot':>20}")
+    for task, langs in s["exact_match"].items():
+        for lang, v in langs.items():
+            print(f"{task:<10} {lang:<4} {v:>7.1%} {b['exact_match'][task][lang]:>20.1%}")
+    print(f"{'mean':<15} {s['mean']:>7.1%} {b['mean']:>20.1%}")
+    for task, ex in s["examples"].items():
+        q, want, got = ex[0]
+        print(f"  [{task}] {q[-60:]!r} → {got!r} (want {want!r})")
+    before, after = pretrain_val_loss(base, args.base, device), pretrain_val_loss(sft, args.base, device)
+    print(f"step 3 validation loss: {before:.4f} before SFT → {after:.4f} after (forgetting {after - before:+.4f})")
+    print_summary(sft_exact_match=s["exact_match"], pretrain_exact_match=b["exact_match"], sft_mean=s["mean"],
+                  pretrain_mean=b["mean"], eos_rate=s["eos_rate"], idk_rate_unanswerable=s["idk_rate_unanswerable"],
+                  idk_rate_answerable=s["idk_rate_answerable"], forgetting_val_loss=[round(before, 4), round(after, 4)],
+                  n=args.n, init=args.init, base=args.base)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,19 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from common.errors import CourseError
 
 LORA_TARGETS = ("attn.qkv", "attn.proj", "mlp.gate", "mlp.up", "mlp.down")
+
+
+def masked_loss(model, x, y):
+    """Mean cross-entropy over the supervised positions (y != -100) only. A batch with none gives 0, not the
+    0/0 = NaN a plain mean would: a real dataset can hold a conversation whose answers were all cut off."""
+    logits, _ = model(x)                                                      # (B, T, V)
+    total = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100, reduction="sum")
+    return total / (y != -100).sum().clamp(min=1)
 
 
 class LoRALinear(nn.Module):
@@ -78,12 +87,29 @@ def unmerge_lora(model):
     return model
 
 
+@torch.no_grad()
 def plain_state_dict(model) -> dict:
-    """The merged weights under step 2's names (".base." dropped, A and B left out): a normal GPT checkpoint."""
-    merge_lora(model)
-    sd = {k.replace(".base.", "."): v for k, v in model.state_dict().items() if "lora_" not in k}
-    unmerge_lora(model)
+    """The merged weights W + (α/r)·B·A under step 2's names (".base." dropped, A and B left out): a normal GPT
+    checkpoint. Computed into new tensors, never by merging in place and back: (W + Δ) − Δ is not exactly W in
+    floating point, and a save must not nudge the weights the run goes on training."""
+    sd = {k.replace(".base.", "."): v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
+    for name, m in model.named_modules():
+        if isinstance(m, LoRALinear) and not m.merged:
+            sd[f"{name}.weight"] += m.delta()
     return sd
+
+
+def lora_state(model) -> dict:
+    """Only the adapters (A and B of every layer): what a LoRA run needs, besides its base, to resume."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+
+
+def load_lora_state(model, state: dict) -> None:
+    missing = set(lora_state(model)) - set(state)
+    if missing:
+        raise CourseError(f"the saved LoRA adapters do not fit this model (missing {sorted(missing)[:2]}); "
+                          "resume with the same --lora rank, or start fresh without --resume")
+    model.load_state_dict(state, strict=False)
 
 
 def trainable(model) -> int:
@@ -100,12 +126,18 @@ def demo():
     color = sys.stdout.isatty()
     mark = (lambda s: f"\033[1;32m{s}\033[0m") if color else (lambda s: f"[{s}]")
     print("== one conversation; the loss trains only on the marked tokens (assistant content + <|im_end|>)")
-    print("".join(mark(tok.token_str(i)) if m else tok.token_str(i) for i, m in zip(ids, mask)))
-    print(f"{len(ids)} tokens, {sum(mask)} trained")
+    spans, start = [], 0  # runs of tokens with the same mask value, each decoded whole (no half characters)
+    for k in range(1, len(ids) + 1):
+        if k == len(ids) or mask[k] != mask[start]:
+            spans.append((tok.decode(ids[start:k]), mask[start]))
+            start = k
+    print("".join(mark(text) if m else text for text, m in spans))
+    print(f"{len(ids)} tokens, {sum(mask)} trained ({sum(mask) / len(ids):.0%})")
     model = GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size))
     full = sum(p.numel() for p in model.parameters())
     apply_lora(model, r=8)
-    print(f"\n== trainable parameters: full SFT {full:,}; LoRA r=8 {trainable(model):,} ({trainable(model) / full:.1%})")
+    print(f"\n== trainable parameters of the tiny GPT: full SFT {full:,}; LoRA r=8 on {', '.join(LORA_TARGETS)}: "
+          f"{trainable(model):,} ({trainable(model) / full:.1%})")
 
 
 def main():

@@ -1,129 +1,230 @@
 """Supervised fine-tuning: teach the pretrained GPT to answer, with the loss on the assistant's tokens only.
 
-    python train.py                  # full SFT from runs/pretrain → runs/sft
-    python train.py --lora 8         # LoRA r=8; saves the merged model as a normal GPT checkpoint
-    python train.py --quick          # seconds-long smoke run
-    python train.py --resume         # continue exactly
+    python train.py                        # full SFT: runs/pretrain → runs/sft, a few minutes on a laptop CPU
+    python train.py --lora 8               # LoRA r=8 on attention and MLP; saves the merged model
+    python train.py --loss-on all          # the ablation: train on every token, the user's too
+    python train.py --data my_sft.jsonl    # your conversations (minimind / ShareGPT / OpenAI messages)
+    python train.py --quick                # seconds-long smoke run
+    python train.py --resume               # continue exactly where runs/sft stopped
+    torchrun --nproc_per_node 2 train.py --device cuda    # several GPUs (DDP), as in step 3
 
-Last line, one JSON object with the keys: step, steps, final_loss, lora, trainable_params, params, wall_s, out.
+One step of the loop: take a batch of conversations of similar length → forward → cross-entropy on the
+assistant's tokens (and their <|im_end|>) → backward → clip → AdamW step → schedule the LR. Every --eval-every
+steps: the loss on held-out conversations, and a checkpoint (+ training_state.pt for --resume). At the end:
+greedy answers on held-out conversations, scored by exact match.
+Last line, one JSON object with the keys: step, steps, final_loss, heldout_loss, heldout_exact_match ({task:
+{lang: share}}), heldout_mean, eos_rate (the last three only when the run reached its last step on the data
+world), lora, loss_on, trainable_params, params, wall_s, train_s, steps_per_s, device, world_size, out.
 """
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
 
+import contextlib
 import math
-import random
+import os
 import time
 from pathlib import Path
 
 import torch
 
 from common import RUNS_DIR
-from common.checkpoint import load_training_state, save_checkpoint
-from common.cli import SHARED_FLAGS, course_parser
-from common.device import named_rng, pick_device, seed_everything
+from common.checkpoint import load_checkpoint, load_training_state, save_checkpoint
+from common.cli import course_parser
+from common.device import autocast, pick_dtype, seed_everything, stream_seed
 from common.errors import CourseError
-from common.training import RunLogger, lr_at, process_start
-from step2_gpt.model import GPT_STEPS, load_gpt
-from step4_sft.data import encode_examples, read_conversations, world_conversations
-from step4_sft.model import apply_lora, plain_state_dict, trainable
+from common.training import RunLogger, lr_at, make_optimizer, print_summary, process_start, setup_ddp
+from step2_gpt.model import UNTRAINED, quick_or_load_gpt
+from step3_pretrain.data import tokenizer_fingerprint
+from step3_pretrain.model import batch_offsets, cut_batch
+from step4_sft.data import (LengthBuckets, encode_conversations, make_batch, pretrain_text, read_conversations,
+                            world_conversations)
+from step4_sft.model import apply_lora, lora_state, load_lora_state, masked_loss, plain_state_dict, trainable
+from step4_sft.scoring import score
 
-PROCESS_START = process_start()
+PROCESS_START = process_start()  # wall times count from here, start-up included
+# Flags that define the run: on --resume, any not passed again are taken from the checkpoint; then these defaults.
+DEFAULT_STEPS = 1000
+RUN_DEFAULTS = dict(init=str(RUNS_DIR / "pretrain"), data=None, max_steps=None, epochs=None, batch_size=16, lr=None,
+                    seed=1337, lora=None, lora_alpha=None, loss_on="assistant", examples=None, eval_every=200,
+                    replay=4)
 
 
 def make_parser():
-    p = course_parser("Step 4: supervised fine-tuning (assistant-only loss; full or LoRA).", "device", "max_steps",
-                      "batch_size", "lr", "seed", "data", "out", "init", "resume", "quick",
-                      out=str(RUNS_DIR / "sft"), init=str(RUNS_DIR / "pretrain"))
+    p = course_parser("Step 4: supervised fine-tuning (assistant-only loss; full or LoRA).", "device", "dtype",
+                      "epochs", "max_steps", "batch_size", "lr", "seed", "data", "out", "init", "resume", "compile",
+                      "quick", out=str(RUNS_DIR / "sft"), init=None, seed=None, batch_size=None)
     p.add_argument("--lora", type=int, default=None, help="LoRA 秩 rank r (default: full fine-tuning)")
-    p.add_argument("--examples", type=int, default=6000, help="训练对话数 world conversations to train on")
-    p.add_argument("--stop-at", type=int, default=None, help="在此步停止 save and stop after this step")
+    p.add_argument("--lora-alpha", type=float, default=None, help="LoRA α (default 2·r: the update is scaled by α/r = 2)")
+    p.add_argument("--loss-on", choices=("assistant", "all"), default=None,
+                   help="损失位置 assistant: only the answers (default); all: every token, the ablation")
+    p.add_argument("--replay", type=int, default=None,
+                   help="每步混入的预训练文本窗口数 pretraining windows mixed into every step, against forgetting (default 4; 0: off)")
+    p.add_argument("--examples", type=int, default=None, help="训练对话数 world conversations to train on (default: steps × batch, each seen once)")
+    p.add_argument("--eval-every", type=int, default=None, help="每隔多少步评估并保存 (default 200)")
+    p.add_argument("--eval-n", type=int, default=100, help="结束时评估的留出对话数 held-out conversations scored at the end")
+    p.add_argument("--stop-at", type=int, default=None, help="在此步保存并停止 save and stop after this step (tests resume)")
     return p
 
 
-def make_batch(examples, pad_id):
-    """Right-padded (x, y): y = next token where the mask says "assistant", else -100 (no loss)."""
-    T = max(len(ids) for ids, _ in examples) - 1
-    x = torch.full((len(examples), T), pad_id, dtype=torch.long)       # (B, T)
-    y = torch.full((len(examples), T), -100, dtype=torch.long)         # (B, T)
-    for b, (ids, mask) in enumerate(examples):
-        t = torch.tensor(ids)
-        n = len(ids) - 1
-        x[b, :n] = t[:-1]
-        y[b, :n] = torch.where(torch.tensor(mask[1:]).bool(), t[1:], -100)
-    return x, y
-
-
-def masked_loss(model, x, y):
-    """Mean cross-entropy over supervised positions; 0 (not NaN) when a batch has none."""
-    logits, _ = model(x)                                                # (B, T, V)
-    lp = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100,
-                                           reduction="sum")
-    return lp / (y != -100).sum().clamp(min=1)
+def setup_args(args):
+    if args.resume:
+        saved = load_checkpoint(args.out, expect_steps=("sft",), hint="python step4_sft/train.py").train_args
+        for k in RUN_DEFAULTS:
+            if getattr(args, k) is None:
+                setattr(args, k, saved.get(k))
+    for k, v in RUN_DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.lora is not None and args.lora < 1:
+        raise CourseError(f"--lora must be a rank ≥ 1, got {args.lora}")
+    args.lora_alpha = args.lora_alpha or (2.0 * args.lora if args.lora else None)
+    args.lr = args.lr or (2e-3 if args.lora else 1e-3)  # LoRA's few parameters start at zero: they take a larger step
+    if args.quick:
+        args.max_steps, args.eval_n = args.max_steps or 20, min(args.eval_n, 20)
+    return args
 
 
 def train(args):
-    if args.lora is not None and args.lora < 1:
-        raise CourseError(f"--lora must be a rank ≥ 1, got {args.lora}")
-    device = pick_device(args.device)
+    rank, world, device = setup_ddp(args.device)
+    args = setup_args(args)
+    dtype = pick_dtype(args.dtype, device)
     seed_everything(args.seed)
-    out = Path(args.out)
-    model, tok, ckpt = load_gpt(args.init, expect_steps=GPT_STEPS, hint="python step3_pretrain/train.py")
-    if args.resume:
-        model, tok, ckpt = load_gpt(out, expect_steps=("sft",), hint="python step4_sft/train.py")
-    model.train()
-    steps = args.max_steps or (30 if args.quick else 600)
-    bs, lr_max = args.batch_size or 16, args.lr or (1e-3 if args.lora else 3e-4)
-    convs = read_conversations(args.data) if args.data else world_conversations(200 if args.quick else args.examples, args.seed)
-    examples = encode_examples(tok, convs, model.config.block_size)
+    out, is_main = Path(args.out), rank == 0
+    say = print if is_main else (lambda *a, **k: None)
+
+    # --- model: the pretrained GPT (its tokenizer comes with it), LoRA adapters if asked
+    model, tok, start = quick_or_load_gpt(args.init, args.quick)
+    say(f"start: {start}")
+    fingerprint = tokenizer_fingerprint(tok)
     params = sum(p.numel() for p in model.parameters())
     if args.lora:
-        apply_lora(model, r=args.lora, alpha=2.0 * args.lora)
-    model.to(device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr_max, weight_decay=0.0)
+        apply_lora(model, r=args.lora, alpha=args.lora_alpha)
+    model.to(device).train()
+
+    # --- data: conversations → (ids, mask) → batches of similar length
+    steps = args.max_steps or DEFAULT_STEPS
+    # Fresh conversations for every batch by default: the same 4,000 seen twice overfit (held-out loss rises
+    # while the training loss falls), where as many new ones keep improving.
+    n_world = args.examples or max(1, int(steps * args.batch_size * world / (args.epochs or 1)))  # --epochs: repeats
+    convs = read_conversations(args.data) if args.data else world_conversations(n_world, args.seed)
+    examples = encode_conversations(tok, convs, model.config.block_size, say)
+    if args.loss_on == "all":  # the ablation: every next token is a target, the user's and the template's too
+        examples = [(ids, [1] * len(ids)) for ids, _ in examples]
+    heldout = None if args.data else world_conversations(args.eval_n, args.seed, "heldout")
+    heldout_batch = make_batch(encode_conversations(tok, heldout[:64], model.config.block_size, None), tok.pad_id) \
+        if heldout else None
+    # Replay: a few windows of step 3's own text every step, with the ordinary next-token loss. Trained on
+    # answers alone, the model forgets how to write (its loss on step 3's text goes from 0.7 to above 8).
+    replay = pretrain_text(args.init)[:2] if args.replay and start != UNTRAINED else None
+    global_batch = args.batch_size * world
+    buckets = LengthBuckets([len(ids) for ids, _ in examples], global_batch, args.seed)
+    if args.epochs and args.data:  # --epochs: passes over your data (the world makes fresh conversations instead)
+        steps = math.ceil(args.epochs * buckets.per_epoch)
+
+    optimizer = make_optimizer(model, args.lr, 0.0, device)  # no weight decay: stay near the pretrained weights
     step = 0
     if args.resume:
         state = load_training_state(out)
         if state is None:
-            raise CourseError(f"{out} holds no training_state.pt to resume from")
-        opt.load_state_dict(state["optimizer"])
+            raise CourseError(f"{out} holds no training_state.pt to resume from; start without --resume")
+        if state["tokenizer"] != fingerprint:
+            raise CourseError(f"{out} was trained with another tokenizer than {args.init}'s; start without --resume")
+        if args.lora:
+            load_lora_state(model, state["lora"])
+        else:
+            model.load_state_dict(load_checkpoint(out).state_dict)
+        optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
-    log = RunLogger(out, steps, desc="sft", start_step=step)
-    loss_f = None
+        torch.set_rng_state(state["rng_cpu"])
+        say(f"resuming at step {step} of {steps}")
+    fwd = torch.compile(model) if args.compile else model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None)
+    say(f"model: {params / 1e6:.2f}M parameters, {trainable(model):,} trainable "
+        f"({'LoRA r=%d' % args.lora if args.lora else 'full SFT'}), loss on {args.loss_on} tokens, "
+        f"{args.replay if replay else 0} pretraining window(s) replayed per step\n"
+        f"data: {len(examples)} conversations, {steps} steps × {global_batch} ({steps / buckets.per_epoch:.2f} epochs), "
+        f"{world} process(es) on {device}, {dtype}")
 
-    def save():
-        sd = plain_state_dict(model) if args.lora else model.state_dict()
-        state = None if args.lora else {"optimizer": opt.state_dict(), "step": step}
-        save_checkpoint(out, state_dict=sd, step="sft", model_config=model.config.to_dict(),
-                        train_args=vars(args), metrics={"loss": loss_f, "step": step}, tokenizer=tok,
-                        training_state=state, extra={"lora": args.lora})
+    def save(metrics):
+        if not is_main:
+            return
+        state = {"optimizer": optimizer.state_dict(), "step": step, "rng_cpu": torch.get_rng_state(),
+                 "tokenizer": fingerprint, "lora": lora_state(model) if args.lora else None}
+        # A LoRA run is saved merged, under step 2's names: later steps load it like any GPT checkpoint.
+        save_checkpoint(out, state_dict=plain_state_dict(model) if args.lora else model.state_dict(), step="sft",
+                        model_config=model.config.to_dict(), train_args=vars(args), metrics=metrics, tokenizer=tok,
+                        training_state=state, extra={"tokenizer_fingerprint": fingerprint})
 
+    @torch.no_grad()
+    def heldout_loss():
+        model.eval()
+        with autocast(device, dtype):
+            loss = masked_loss(model, heldout_batch[0].to(device), heldout_batch[1].to(device)).item()
+        model.train()
+        return loss
+
+    # --- the loop
+    log = RunLogger(out, steps, desc="sft", start_step=step, enabled=is_main)
+    loss_f, val_f, t_loop, start_step = None, None, time.perf_counter(), step
     while step < steps:
-        lr = lr_at(step, max_lr=lr_max, total_steps=steps, warmup_steps=min(20, steps // 10))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        rng = named_rng(args.seed, f"sft-batch-{step}")  # depends only on (seed, step): exact resume
-        x, y = make_batch([examples[rng.randrange(len(examples))] for _ in range(bs)], tok.pad_id)
-        loss = masked_loss(model, x.to(device), y.to(device))
-        loss.backward()
+        lr = lr_at(step, max_lr=args.lr, total_steps=steps, warmup_steps=min(20, steps // 10))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        mine = buckets.indices(step)[rank * args.batch_size:(rank + 1) * args.batch_size]  # this process's slice
+        x, y = make_batch([examples[i] for i in mine], tok.pad_id)                       # (B, T) each
+        # DDP: all-reduce the gradients once, after the last backward of the step
+        with fwd.no_sync() if world > 1 and replay else contextlib.nullcontext():
+            with autocast(device, dtype):  # bf16 matmuls on GPU; the weights and their grads stay fp32
+                loss = masked_loss(fwd, x.to(device), y.to(device))
+            loss.backward()
+        if replay:
+            text, seq_len = replay
+            offsets = batch_offsets(stream_seed(args.seed, "sft-replay"), step, args.replay * world, len(text.train), seq_len)
+            xr, yr = cut_batch(text.train, offsets[rank * args.replay:(rank + 1) * args.replay], seq_len)  # (R, T)
+            with autocast(device, dtype):
+                _, lm_loss = fwd(xr.to(device), targets=yr.to(device))
+            lm_loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        loss_f = loss.item()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_t = loss.detach()
+        if world > 1:
+            torch.distributed.all_reduce(loss_t, op=torch.distributed.ReduceOp.AVG)
+        loss_f = loss_t.item()
         if not math.isfinite(loss_f):
-            raise CourseError(f"the loss became {loss_f} at step {step}; lower --lr")
+            raise CourseError(f"the loss became {loss_f} at step {step}: lower --lr (now {args.lr:g}) or use "
+                              f"--dtype float32; the last good checkpoint is in {out}")
         log.train_step(step, loss_f, lr, tokens=int((y != -100).sum()))
         step += 1
+        if step % args.eval_every == 0 or step == steps or step == args.stop_at:
+            if heldout_batch is not None:
+                val_f = heldout_loss()
+                log.eval(step - 1, heldout_loss=val_f)
+            save({"loss": loss_f, "heldout_loss": val_f, "step": step})
         if step == args.stop_at:
             break
+    train_s = time.perf_counter() - t_loop
     log.close()
-    save()
-    return dict(step="sft", steps=step, final_loss=loss_f, lora=args.lora, trainable_params=trainable(model),
-                params=params, wall_s=round(time.perf_counter() - PROCESS_START, 2), out=str(out))
+    summary = dict(step="sft", steps=step, final_loss=loss_f, heldout_loss=val_f)
+    if heldout and is_main and step == steps:
+        s = score(model, tok, heldout, device)
+        say(f"held-out exact match {s['mean']:.1%} over {len(heldout)} conversations; per task: " +
+            ", ".join(f"{t} {v}" for t, v in s["exact_match"].items()))
+        summary.update(heldout_exact_match=s["exact_match"], heldout_mean=s["mean"], eos_rate=s["eos_rate"])
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return dict(summary, lora=args.lora, loss_on=args.loss_on, trainable_params=trainable(model), params=params,
+                wall_s=round(time.perf_counter() - PROCESS_START, 2), train_s=round(train_s, 2),
+                steps_per_s=round((step - start_step) / max(train_s, 1e-9), 2), device=str(device),
+                world_size=world, out=str(out))
 
 
 def main():
-    from common.training import print_summary
-    print_summary(**train(make_parser().parse_args()))
+    summary = train(make_parser().parse_args())
+    if int(os.environ.get("RANK", 0)) == 0:
+        print_summary(**{k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()})
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """Step 6's training loop and its pieces: the LLM a VLM starts from, one stage's loop (`fit`), world features,
 padded batches and exact-match scoring (shared by train.py, eval.py, debug.py and the lab's ablations)."""
-import pathlib
 import random
 import time
 
@@ -10,8 +9,7 @@ from common import RUNS_DIR
 from common.device import autocast
 from common.errors import CourseError
 from common.training import lr_at
-from step1_tokenizer.model import course_tokenizer
-from step2_gpt.model import GPT, GPT_STEPS, GPTConfig, load_gpt
+from step2_gpt.model import quick_or_load_gpt
 
 from step6_vlm.data import CAPTION_PROMPTS, RENDER_VERSION, caption_messages, cell_labels, render_scene, scene_key, user_turn
 from step6_vlm.model import VLM, apply_freeze, build_example, connector_params
@@ -122,15 +120,13 @@ def caption_items(scenes, seed: int) -> list:
 def init_llm(init=None, quick: bool = False):
     """The LLM every VLM starts from (train.py, the lab's ablations): `init`, else runs/sft, else runs/pretrain;
     with `quick`, an untrained tiny one when none exists. Returns (gpt, tokenizer, where it came from)."""
-    for path in ([init] if init else [RUNS_DIR / "sft", RUNS_DIR / "pretrain"]):
-        if (pathlib.Path(path) / "config.json").is_file() or init:
-            gpt, tok, ckpt = load_gpt(path, expect_steps=GPT_STEPS)
-            return gpt, tok, str(ckpt.path)
-    if not quick:
+    if init:  # named: it must exist, --quick or not
+        return quick_or_load_gpt(init, quick=False)
+    found = next((p for p in (RUNS_DIR / "sft", RUNS_DIR / "pretrain") if (p / "config.json").is_file()), None)
+    if found is None and not quick:
         raise CourseError("no language model to start from (runs/sft or runs/pretrain); make one with: "
                           "python step3_pretrain/train.py  (or run this with --quick for a smoke test)")
-    tok = course_tokenizer(fallback=True)
-    return GPT(GPTConfig.preset("tiny", vocab_size=tok.vocab_size, n_layer=2)), tok, "untrained (--quick)"
+    return quick_or_load_gpt(found or RUNS_DIR / "pretrain", quick)
 
 
 def phase_steps(steps: int, shares) -> list:
