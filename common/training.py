@@ -38,6 +38,25 @@ def setup_ddp(device_name):
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def start_run(device_name: str, dtype_name: str, seed: int):
+    """What every train.py does first: join the processes (setup_ddp), pick the dtype, seed every generator, and
+    a `say` that prints on the main process only → (rank, world, device, dtype, is_main, say)."""
+    from common.device import pick_dtype, seed_everything
+    rank, world, device = setup_ddp(device_name)
+    dtype = pick_dtype(dtype_name, device)
+    seed_everything(seed)
+    is_main = rank == 0
+    return rank, world, device, dtype, is_main, (print if is_main else (lambda *a, **k: None))
+
+
+def mean_over_processes(value, world: int) -> float:
+    """A per-process scalar tensor (this step's loss) → its mean over all processes, as a float."""
+    if world > 1:
+        value = value.clone()
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.AVG)
+    return value.item()
+
+
 def make_optimizer(model, lr, weight_decay, device):
     """AdamW with two groups: matrices (and embeddings) decay; norms' gains do not — pulling a gain towards 0
     only fights the normalization. Fused kernels on CUDA: one launch updates every parameter."""

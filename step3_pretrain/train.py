@@ -28,9 +28,9 @@ import torch
 from common import RUNS_DIR
 from common.checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from common.cli import SHARED_FLAGS, course_parser
-from common.device import autocast, pick_dtype, seed_everything
+from common.device import autocast
 from common.errors import CourseError
-from common.training import RunLogger, lr_at, make_optimizer, process_start, setup_ddp
+from common.training import RunLogger, lr_at, make_optimizer, mean_over_processes, process_start, start_run
 from step2_gpt.model import GPT_STEPS, load_gpt
 from step3_pretrain.data import check_enough, prepare_data, sample_prompts, tokenizer_fingerprint
 from step3_pretrain.model import (batch_offsets, build_model, cut_batch, eval_offsets, evaluate, perplexity,
@@ -98,12 +98,9 @@ def setup_args(args):
 def train(args):
     """The whole run; returns its summary (wall times count from the process start)."""
     t_start = PROCESS_START
-    rank, world, device = setup_ddp(args.device)
     args = setup_args(args)
-    dtype = pick_dtype(args.dtype, device)
-    seed_everything(args.seed)
-    out, is_main = Path(args.out), rank == 0
-    say = print if is_main else (lambda *a, **k: None)
+    rank, world, device, dtype, is_main, say = start_run(args.device, args.dtype, args.seed)
+    out = Path(args.out)
 
     # --- data: tokenize once (the first process), everyone else reads the same memory-mapped file
     if world > 1 and not is_main:
@@ -193,10 +190,7 @@ def train(args):
             torch.nn.utils.clip_grad_norm_(raw.parameters(), args.clip)  # one bad batch cannot blow the weights up
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_t = loss_sum / args.grad_accum
-            if world > 1:
-                torch.distributed.all_reduce(loss_t, op=torch.distributed.ReduceOp.AVG)
-            loss_f = loss_t.item()
+            loss_f = mean_over_processes(loss_sum / args.grad_accum, world)
             if not math.isfinite(loss_f):
                 raise CourseError(f"the loss became {loss_f} at step {step}: lower --lr (now {args.lr:g}), raise "
                                   f"--warmup (now {args.warmup}) or use --dtype float32; the last good checkpoint is in {out}")

@@ -30,9 +30,9 @@ import torch
 from common import RUNS_DIR
 from common.checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from common.cli import course_parser
-from common.device import autocast, pick_dtype, seed_everything, stream_seed
+from common.device import autocast, stream_seed
 from common.errors import CourseError
-from common.training import RunLogger, lr_at, make_optimizer, print_summary, process_start, setup_ddp
+from common.training import RunLogger, lr_at, make_optimizer, mean_over_processes, print_summary, process_start, start_run
 from step2_gpt.model import UNTRAINED, quick_or_load_gpt
 from step3_pretrain.data import tokenizer_fingerprint
 from step3_pretrain.model import batch_offsets, cut_batch
@@ -46,7 +46,7 @@ PROCESS_START = process_start()  # wall times count from here, start-up included
 DEFAULT_STEPS = 1000
 RUN_DEFAULTS = dict(init=str(RUNS_DIR / "pretrain"), data=None, max_steps=None, epochs=None, batch_size=16, lr=None,
                     seed=1337, lora=None, lora_alpha=None, loss_on="assistant", examples=None, eval_every=200,
-                    replay=4)
+                    replay=0)
 
 
 def make_parser():
@@ -58,7 +58,7 @@ def make_parser():
     p.add_argument("--loss-on", choices=("assistant", "all"), default=None,
                    help="损失位置 assistant: only the answers (default); all: every token, the ablation")
     p.add_argument("--replay", type=int, default=None,
-                   help="每步混入的预训练文本窗口数 pretraining windows mixed into every step, against forgetting (default 4; 0: off)")
+                   help="每步混入的预训练文本窗口数 windows of step 3's text mixed into every step, against forgetting (default 0: off; 4 keeps the text loss where it was, at about 3× the time)")
     p.add_argument("--examples", type=int, default=None, help="训练对话数 world conversations to train on (default: steps × batch, each seen once)")
     p.add_argument("--eval-every", type=int, default=None, help="每隔多少步评估并保存 (default 200)")
     p.add_argument("--eval-n", type=int, default=100, help="结束时评估的留出对话数 held-out conversations scored at the end")
@@ -85,12 +85,9 @@ def setup_args(args):
 
 
 def train(args):
-    rank, world, device = setup_ddp(args.device)
     args = setup_args(args)
-    dtype = pick_dtype(args.dtype, device)
-    seed_everything(args.seed)
-    out, is_main = Path(args.out), rank == 0
-    say = print if is_main else (lambda *a, **k: None)
+    rank, world, device, dtype, is_main, say = start_run(args.device, args.dtype, args.seed)
+    out = Path(args.out)
 
     # --- model: the pretrained GPT (its tokenizer comes with it), LoRA adapters if asked
     model, tok, start = quick_or_load_gpt(args.init, args.quick)
@@ -113,8 +110,8 @@ def train(args):
     heldout = None if args.data else world_conversations(args.eval_n, args.seed, "heldout")
     heldout_batch = make_batch(encode_conversations(tok, heldout[:64], model.config.block_size, None), tok.pad_id) \
         if heldout else None
-    # Replay: a few windows of step 3's own text every step, with the ordinary next-token loss. Trained on
-    # answers alone, the model forgets how to write (its loss on step 3's text goes from 0.7 to above 8).
+    # Replay (--replay N): N windows of step 3's own text every step, with the ordinary next-token loss. Trained
+    # on answers alone, the model forgets how to write; see the lesson's forgetting table.
     replay = pretrain_text(args.init)[:2] if args.replay and start != UNTRAINED else None
     global_batch = args.batch_size * world
     buckets = LengthBuckets([len(ids) for ids, _ in examples], global_batch, args.seed)
@@ -189,10 +186,7 @@ def train(args):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_t = loss.detach()
-        if world > 1:
-            torch.distributed.all_reduce(loss_t, op=torch.distributed.ReduceOp.AVG)
-        loss_f = loss_t.item()
+        loss_f = mean_over_processes(loss.detach(), world)
         if not math.isfinite(loss_f):
             raise CourseError(f"the loss became {loss_f} at step {step}: lower --lr (now {args.lr:g}) or use "
                               f"--dtype float32; the last good checkpoint is in {out}")
