@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from common.device import pick_device
+from common.device import pick_device, pick_dtype, seed_everything
+
 
 def process_start() -> float:
     """The `time.perf_counter()` value at which this process started (Linux: from /proc; elsewhere: now), so a
@@ -41,7 +42,6 @@ def setup_ddp(device_name):
 def start_run(device_name: str, dtype_name: str, seed: int):
     """What every train.py does first: join the processes (setup_ddp), pick the dtype, seed every generator, and
     a `say` that prints on the main process only → (rank, world, device, dtype, is_main, say)."""
-    from common.device import pick_dtype, seed_everything
     rank, world, device = setup_ddp(device_name)
     dtype = pick_dtype(dtype_name, device)
     seed_everything(seed)

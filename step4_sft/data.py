@@ -22,7 +22,7 @@ import torch
 from common.datasources import conversation, expand_paths, records
 from common.device import named_rng
 from common.errors import CourseError
-from common.world import (BY_SIZE, COLORS, MIXES, PEOPLE_EN, PEOPLE_ZH, POSITIONS, SHAPES, THINGS, describe_scene,
+from common.world import (BY_SIZE, COLORS, MIXES, PEOPLE_EN, PEOPLE_ZH, SHAPES, SIZES, THINGS, Thing, describe_scene,
                           question, random_scene)
 
 TASKS = ("story", "scene", "fact", "multiturn", "idk")
@@ -37,7 +37,7 @@ HELDOUT_PERCENT = 10
 
 
 def _story(rng, lang):
-    """(story, question about its owner and thing, answer, the owner, the thing)."""
+    """An arithmetic story about one owner and one thing → (story, owner, thing, the count it ends with)."""
     zh = lang == "zh"
     who, thing = rng.choice(PEOPLE_ZH if zh else [p for p, _ in PEOPLE_EN]), rng.choice(THINGS)
     a = rng.randint(2, 9)
@@ -121,8 +121,7 @@ def multiturn(rng, lang):
     things = random_scene(rng, 1, 3)
     t = rng.choice(things)
     zh = lang == "zh"
-    pos = t.position[0 if zh else 1]
-    q1, a1 = (f"{pos}的图形是什么形状？", t.shape[0]) if zh else (f"What shape is at the {pos}?", t.shape[1])
+    q1, a1 = question("shape", things, rng, lang, target=t)
     if rng.random() < 0.5:
         q2, a2 = ("它是什么颜色？", t.color.zh) if zh else ("What color is it?", t.color.en)
     else:
@@ -136,7 +135,10 @@ def idk_qa(rng, lang):
     if rng.random() < 0.5:
         things = random_scene(rng, 1, 3)
         r, c = rng.choice([(r, c) for r in range(3) for c in range(3) if all((t.row, t.col) != (r, c) for t in things)])
-        return _with_scene(things, lang, _empty_cell_question(POSITIONS[r][c], rng, lang)), IDK[lang]
+        qtype = "color" if rng.random() < 0.5 else "shape"
+        # The scene questions' own wording, pointed at the empty cell (only the target's cell is read).
+        q, _ = question(qtype, things, rng, lang, target=Thing(COLORS[0], SHAPES[0], SIZES[0], r, c))
+        return _with_scene(things, lang, q), IDK[lang]
     story, who, thing, _ = _story(rng, lang)
     people = PEOPLE_ZH if lang == "zh" else [p for p, _ in PEOPLE_EN]
     if rng.random() < 0.5:
@@ -144,12 +146,6 @@ def idk_qa(rng, lang):
     else:
         thing = rng.choice([t for t in THINGS if t != thing])
     return story + ("" if lang == "zh" else " ") + _how_many(who, thing, lang), IDK[lang]
-
-
-def _empty_cell_question(pos, rng, lang):
-    if rng.random() < 0.5:
-        return f"{pos[0]}的图形是什么颜色？" if lang == "zh" else f"What color is the shape at the {pos[1]}?"
-    return f"{pos[0]}的图形是什么形状？" if lang == "zh" else f"What shape is at the {pos[1]}?"
 
 
 MAKERS = {"story": story_qa, "scene": scene_qa, "fact": fact_qa, "multiturn": multiturn, "idk": idk_qa}

@@ -17,7 +17,7 @@ from common.cli import course_parser
 from common.device import pick_device, seed_everything
 from common.training import print_summary
 from step2_gpt.model import GPT_STEPS, load_gpt
-from step4_sft.data import world_conversations
+from step4_sft.data import pretrain_text, world_conversations
 from step4_sft.scoring import few_shot, pretrain_val_loss, score
 
 
@@ -42,7 +42,8 @@ def main():
     for task, ex in s["examples"].items():
         q, want, got = ex[0]
         print(f"  [{task}] {q[-60:]!r} → {got!r} (want {want!r})")
-    before, after = pretrain_val_loss(base, args.base, device), pretrain_val_loss(sft, args.base, device)
+    text = pretrain_text(args.base)  # read once, scored with both models
+    before, after = pretrain_val_loss(base, text, device), pretrain_val_loss(sft, text, device)
     print(f"step 3 validation loss: {before:.4f} before SFT → {after:.4f} after (forgetting {after - before:+.4f})")
     print_summary(sft_exact_match=s["exact_match"], pretrain_exact_match=b["exact_match"], sft_mean=s["mean"],
                   pretrain_mean=b["mean"], eos_rate=s["eos_rate"], idk_rate_unanswerable=s["idk_rate_unanswerable"],

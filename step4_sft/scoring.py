@@ -6,7 +6,7 @@ from collections import defaultdict
 import torch
 
 from step3_pretrain.model import eval_offsets, evaluate
-from step4_sft.data import IDK, pretrain_text, world_conversations
+from step4_sft.data import IDK, world_conversations
 
 MAX_ANSWER_TOKENS = 32  # every world answer is far shorter; a model that rambles is cut here and scores 0
 
@@ -67,10 +67,10 @@ def few_shot(seed, shots=2):
     return shots_of
 
 
-def pretrain_val_loss(model, base_path, device):
-    """Loss on the validation text of the run that made the checkpoint at `base_path` (its data, its windows),
-    exactly as step 3's train.py measured it: the same number before SFT, so the change after SFT is what SFT
-    cost the base model."""
-    data, seq_len, windows = pretrain_text(base_path)
+def pretrain_val_loss(model, text, device):
+    """Loss on the validation text of a pretraining run, `text` = pretrain_text(its checkpoint): that run's data
+    and windows, exactly as step 3's train.py measured it. The same number before SFT, so the change after SFT is
+    what SFT cost the base model."""
+    data, seq_len, windows = text
     return evaluate(model, data.val, eval_offsets(len(data.val), seq_len, windows), seq_len, 16, device,
                     torch.float32, 0, 1)

@@ -100,8 +100,8 @@ def train(args):
 
     # --- data: conversations → (ids, mask) → batches of similar length
     steps = args.max_steps or DEFAULT_STEPS
-    # Fresh conversations for every batch by default: the same 4,000 seen twice overfit (held-out loss rises
-    # while the training loss falls), where as many new ones keep improving.
+    # Fresh conversations for every batch by default: a few thousand seen again and again overfit (the training
+    # loss keeps falling while the held-out loss stalls), where as many new ones keep improving.
     n_world = args.examples or max(1, int(steps * args.batch_size * world / (args.epochs or 1)))  # --epochs: repeats
     convs = read_conversations(args.data) if args.data else world_conversations(n_world, args.seed)
     examples = encode_conversations(tok, convs, model.config.block_size, say)
