@@ -33,3 +33,34 @@ def execute_notebook(path, timeout: int = 300, quick: bool = True):
 def run_notebook():
     """Fixture form of execute_notebook: `run_notebook("step1_tokenizer/lesson.ipynb")`."""
     return execute_notebook
+
+
+def _course_script(script, *argv):
+    """Run a course script the way a student does (one thread, so parallel CI stays predictable) → its result."""
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent
+    return subprocess.run([sys.executable, str(root / script), *map(str, argv)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=root)
+
+
+@pytest.fixture(scope="session")
+def quick_pretrain(tmp_path_factory):
+    """Step 3's --quick pretraining with the fixed quick tokenizer: a small base that is the same everywhere."""
+    from step1_tokenizer.model import QUICK_TOKENIZER_DIR, quick_tokenizer
+    out = tmp_path_factory.mktemp("chain") / "pretrain"
+    quick_tokenizer()
+    r = _course_script("step3_pretrain/train.py", "--quick", "--tokenizer", QUICK_TOKENIZER_DIR, "--out", out,
+                       "--cache-dir", out.parent / "tokens")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def quick_sft(quick_pretrain):
+    """150 steps of step 4 on that base → (folder, train.py's summary): step 4's golden run and step 5's start."""
+    import json
+    out = quick_pretrain.parent / "sft"
+    r = _course_script("step4_sft/train.py", "--init", quick_pretrain, "--out", out, "--max-steps", 150, "--eval-n", 40)
+    assert r.returncode == 0, r.stderr
+    return out, json.loads(r.stdout.strip().splitlines()[-1])

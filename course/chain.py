@@ -76,6 +76,12 @@ STEPS = (
          bars=(Bar("wall time of the default CPU run (s)", 0, "wall_s", "<=", 300.0, "{:.0f}"),
                Bar("held-out exact match, mean over tasks and languages", 0, "heldout_mean", ">=", 0.95, "{:.1%}"),
                Bar("answers that end with <|im_end|>", 0, "eos_rate", ">=", 0.99, "{:.1%}"))),
+    Step("step5", "RLHF", (("step5_rlhf/train.py",),), needs=("sft",), makes=("reward", "rlhf"),
+         bars=(Bar("wall time of the default CPU run rm → dpo → grpo (s)", 0, "wall_s", "<=", 600.0, "{:.0f}"),
+               Bar("reward model: held-out pair accuracy", 0, "rm_pair_accuracy", ">=", 0.95, "{:.1%}"),
+               Bar("DPO: held-out implicit-reward accuracy", 0, "dpo_implicit_accuracy", ">=", 0.90, "{:.1%}"),
+               Bar("DPO: reward-model win rate against SFT", 0, "dpo_rm_win_rate", ">=", 0.65, "{:.1%}"),
+               Bar("GRPO: verifiable accuracy gain over SFT", 0, "grpo_gain", ">=", 0.10, "{:+.1%}"))),
 )
 BY_NAME = {s.name: s for s in STEPS}
 MAKER = {folder: s.name for s in STEPS for folder in s.makes}

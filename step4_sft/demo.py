@@ -6,22 +6,11 @@
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
 
-import torch
-
 from common import RUNS_DIR
 from common.cli import course_parser
 from common.device import pick_device, seed_everything
 from step2_gpt.model import GPT_STEPS, load_gpt
-from step2_gpt.stream import TextStreamer
-
-
-def reply(model, tok, history, args, device):
-    ids, _ = tok.render_conversation(history, add_generation_prompt=True)
-    stream = TextStreamer(tok, lambda s: print(s, end="", flush=True), stop_ids=(tok.im_end_id, tok.eos_id))
-    model.generate(torch.tensor([ids[-(model.config.block_size - 64):]], device=device), max_new_tokens=64,
-                   temperature=args.temperature, top_p=args.top_p, eos_id=tok.im_end_id, on_token=stream)
-    print()
-    return stream.finish()
+from step4_sft.chat import chat
 
 
 def main():
@@ -33,20 +22,7 @@ def main():
     seed_everything(args.seed)
     device = pick_device(args.device)
     model, tok, _ = load_gpt(args.init, expect_steps=GPT_STEPS, device=device, hint="python step4_sft/train.py")
-    history = []
-    while True:
-        text = args.prompt if args.prompt is not None else input("you> ").strip()
-        if text in ("/quit", "/exit"):
-            return
-        if text == "/reset":
-            history = []
-            print("(history cleared)")
-            continue
-        history.append({"role": "user", "content": text})
-        print("bot> ", end="", flush=True)
-        history.append({"role": "assistant", "content": reply(model, tok, history, args, device)})
-        if args.prompt is not None:
-            return
+    chat(model, tok, device, args.prompt, args.temperature, args.top_p)
 
 
 if __name__ == "__main__":

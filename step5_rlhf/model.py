@@ -14,12 +14,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from step2_gpt.model import GPT
+from common.checkpoint import load_checkpoint
+from common.errors import CourseError
+from step2_gpt.model import GPT, GPTConfig
+from step3_pretrain.data import tokenizer_fingerprint
 
 
 class RewardModel(nn.Module):
-    """The SFT GPT's body with a scalar head instead of the vocabulary: one score per sequence, read at its last
-    answer token (the <|im_end|>, which has seen the whole prompt and answer)."""
+    """The SFT GPT's body with a scalar head instead of the vocabulary: one score per sequence, read at the
+    answer's last token (the position that predicts <|im_end|>, which has seen the whole prompt and answer)."""
 
     def __init__(self, gpt: GPT):
         super().__init__()
@@ -32,6 +35,18 @@ class RewardModel(nn.Module):
         h = self.gpt.hidden_states(self.gpt.embed(x))                # (B, T, C)
         last = last_answer_position(y)                               # (B,)
         return self.head(h[torch.arange(len(x)), last]).squeeze(-1)  # (B,)
+
+
+def load_reward_model(path, tok, device="cpu"):
+    """runs/reward → the reward model in eval mode; refused in one sentence if it was trained with another
+    tokenizer than `tok` (the policy's): its scores would be of other token ids."""
+    ckpt = load_checkpoint(path, expect_steps=("reward",), hint="python step5_rlhf/train.py --method rm")
+    if ckpt.extra.get("tokenizer_fingerprint") != tokenizer_fingerprint(tok):
+        raise CourseError(f"{ckpt.path} was trained with another tokenizer than the policy's; retrain it with: "
+                          "python step5_rlhf/train.py --method rm")
+    rm = RewardModel(GPT(GPTConfig.from_dict(ckpt.model_config)))
+    rm.load_state_dict(ckpt.state_dict)
+    return rm.to(device).eval()
 
 
 def last_answer_position(y):
@@ -138,7 +153,6 @@ def demo():
     from step2_gpt.model import GPT_STEPS, quick_or_load_gpt, newest_gpt_checkpoint
     from step4_sft.data import make_batch
     from step5_rlhf.data import encode_answer, world_pairs
-    from common.errors import CourseError
 
     try:
         path = newest_gpt_checkpoint(("sft",) + GPT_STEPS)

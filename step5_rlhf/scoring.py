@@ -57,7 +57,7 @@ def implicit_accuracy(policy, reference, tok, pairs, device):
 @torch.no_grad()
 def greedy_answers(model, tok, prompts, device):
     """[(ids, mask, text, ended)]: one greedy answer per prompt."""
-    return [sample_answers(model, tok, p["prompt"], 1, device, temperature=0)[0] for p in prompts]
+    return sample_answers(model, tok, [p["prompt"] for p in prompts], 1, device, temperature=0)
 
 
 def verifiable_accuracy(model, tok, prompts, device):
@@ -90,9 +90,9 @@ def win_rate(reward_model, tok, model, baseline, prompts, device):
 @torch.no_grad()
 def kl_to(model, reference, tok, prompts, device, k=4):
     """KL(model ‖ reference) per answer, estimated on k sampled answers per prompt (summed over their tokens)."""
-    total, n = 0.0, 0
-    for p in prompts:
-        x, y = rollout_batch(sample_answers(model, tok, p["prompt"], k, device), tok.pad_id, device)
-        kl = kl_per_token(token_logprobs(model, x, y), token_logprobs(reference, x, y), y)  # (k, T)
-        total, n = total + kl.sum().item(), n + k
-    return round(total / n, 4)
+    samples = sample_answers(model, tok, [p["prompt"] for p in prompts], k, device)
+    total = 0.0
+    for i in range(0, len(samples), BATCH):
+        x, y = rollout_batch(samples[i:i + BATCH], tok.pad_id, device)
+        total += kl_per_token(token_logprobs(model, x, y), token_logprobs(reference, x, y), y).sum().item()
+    return round(total / len(samples), 4)

@@ -27,15 +27,15 @@ from pathlib import Path
 import torch
 
 from common import RUNS_DIR
-from common.checkpoint import load_checkpoint, save_checkpoint
+from common.checkpoint import save_checkpoint
 from common.cli import course_parser
 from common.device import autocast
 from common.errors import CourseError
 from common.training import RunLogger, lr_at, make_optimizer, print_summary, process_start, start_run
-from step2_gpt.model import GPT, GPTConfig, quick_or_load_gpt
+from step2_gpt.model import quick_or_load_gpt
 from step3_pretrain.data import tokenizer_fingerprint
 from step5_rlhf.data import check_answer, read_pairs, story_prompts, world_pairs
-from step5_rlhf.model import (RewardModel, ValueHead, bradley_terry_loss, clipped_policy_loss, dpo_loss, gae,
+from step5_rlhf.model import (RewardModel, ValueHead, load_reward_model, bradley_terry_loss, clipped_policy_loss, dpo_loss, gae,
                               group_advantages, kl_per_token, masked_mean, token_logprobs)
 from step5_rlhf.rollout import rollout_batch, sample_answers
 from step5_rlhf.scoring import (implicit_accuracy, kl_to, pair_accuracy, pair_batches, scores_of,
@@ -43,8 +43,8 @@ from step5_rlhf.scoring import (implicit_accuracy, kl_to, pair_accuracy, pair_ba
 
 PROCESS_START = process_start()
 # Per method: steps, batch (pairs, or prompts per RL step), learning rate, β.
-DEFAULTS = {"rm": dict(steps=300, batch=16, lr=1e-4, beta=None), "dpo": dict(steps=200, batch=16, lr=2e-5, beta=0.1),
-            "grpo": dict(steps=80, batch=8, lr=1e-5, beta=0.04), "ppo": dict(steps=80, batch=8, lr=1e-5, beta=0.04)}
+DEFAULTS = {"rm": dict(steps=150, batch=8, lr=1e-4, beta=None), "dpo": dict(steps=100, batch=8, lr=5e-5, beta=0.1),
+            "grpo": dict(steps=40, batch=8, lr=5e-5, beta=0.04), "ppo": dict(steps=40, batch=8, lr=5e-5, beta=0.04)}
 KEYS = ("rm_pair_accuracy", "rm_pair_accuracy_by_kind", "dpo_implicit_accuracy", "dpo_rm_win_rate",
         "sft_verifiable_accuracy", "grpo_verifiable_accuracy", "grpo_gain", "kl_to_sft", "answer_tokens")
 OUT = {"rm": "reward", "dpo": "dpo", "grpo": "grpo", "ppo": "ppo", "chain": "rlhf"}
@@ -60,22 +60,17 @@ def make_parser():
     p.add_argument("--reward", choices=("checker", "rm", "both"), default=None,
                    help="RL 奖励 the checker's 0/1, the reward model's score, or their sum (default: grpo checker, ppo both)")
     p.add_argument("--reward-model", default=str(RUNS_DIR / "reward"), help="奖励模型 the reward model folder (from --method rm)")
+    p.add_argument("--prefer", choices=("right", "longer"), default="right",
+                   help="rm 偏好 right: the pairs as made; longer: the longer answer wins (a proxy that can be gamed)")
     p.add_argument("--group", type=int, default=8, help="GRPO/PPO: answers sampled per prompt")
+    p.add_argument("--updates", type=int, default=1, help="GRPO/PPO: optimizer steps per batch of samples (the clip acts from the 2nd)")
     p.add_argument("--eval-n", type=int, default=200, help="留出评估数 held-out pairs and prompts scored at the end")
     return p
 
 
-def load_reward_model(path, tok, device):
-    ckpt = load_checkpoint(path, expect_steps=("reward",), hint="python step5_rlhf/train.py --method rm")
-    if ckpt.extra.get("tokenizer_fingerprint") != tokenizer_fingerprint(tok):
-        raise CourseError(f"{ckpt.path} was trained with another tokenizer than the policy's; retrain it with: "
-                          "python step5_rlhf/train.py --method rm")
-    rm = RewardModel(GPT(GPTConfig.from_dict(ckpt.model_config)))
-    rm.load_state_dict(ckpt.state_dict)
-    return rm.to(device).eval()
-
-
-def save_model(run, out, model, step_name, metrics, args, extra=None):
+def save_model(run, out, model, step_name, metrics, args, t0, extra=None):
+    """A method's checkpoint (a plain step-2 GPT, or the reward model), with its training time since t0."""
+    metrics = {**metrics, "train_s": round(time.perf_counter() - t0, 1)}
     save_checkpoint(out, state_dict=model.state_dict(), step=step_name, model_config=run.cfg, train_args=vars(args),
                     metrics=metrics, tokenizer=run.tok,
                     extra={"tokenizer_fingerprint": run.fingerprint, **(extra or {})})
@@ -94,16 +89,20 @@ class Run:
         self.cfg, self.fingerprint = self.sft.config.to_dict(), tokenizer_fingerprint(self.tok)
         self.pairs = read_pairs(args.data) if args.data else None
 
-    def train_pairs(self, n, seed):
-        return self.pairs if self.pairs else world_pairs(n, seed)
+    def train_pairs(self, n, seed, prefer="right"):
+        pairs = self.pairs if self.pairs else world_pairs(n, seed)
+        if prefer == "longer":  # the gameable proxy: whichever answer is longer is "chosen"
+            pairs = [dict(p, chosen=max(p["chosen"], p["rejected"], key=len),
+                          rejected=min(p["chosen"], p["rejected"], key=len)) for p in pairs]
+        return pairs
 
 
 def train_rm(run, args, out):
     """Bradley–Terry: score chosen above rejected, for a batch of pairs at a time."""
-    d = settings(args, "rm")
+    d, t0 = settings(args, "rm"), time.perf_counter()
     rm = RewardModel(copy.deepcopy(run.sft).requires_grad_(True)).to(run.device).train()
     opt = make_optimizer(rm, d["lr"], 0.0, run.device)
-    pairs = run.train_pairs(d["steps"] * d["batch"], args.seed)
+    pairs = run.train_pairs(d["steps"] * d["batch"], args.seed, args.prefer)
     log = RunLogger(out, d["steps"], desc="rm")
     batches = pair_batches(run.tok, pairs * math.ceil(d["steps"] * d["batch"] / len(pairs)), run.sft.config.block_size,
                            run.device, d["batch"])
@@ -119,7 +118,7 @@ def train_rm(run, args, out):
     acc, by_kind = pair_accuracy(rm, run.tok, heldout, run.device) if heldout else (None, None)
     run.say(f"reward model: held-out pair accuracy {acc} {by_kind}")
     rm.eval()
-    save_model(run, out, rm, "reward", {"pair_accuracy": acc, "by_kind": by_kind}, args)
+    save_model(run, out, rm, "reward", {"pair_accuracy": acc, "by_kind": by_kind}, args, t0)
     return rm, {"rm_pair_accuracy": acc, "rm_pair_accuracy_by_kind": by_kind}
 
 
@@ -139,7 +138,7 @@ def step_with(opt, loss, lr):
 
 def settings(args, method):
     d = dict(DEFAULTS[method])
-    d["steps"] = args.max_steps or (min(d["steps"], 10) if args.quick else d["steps"])
+    d["steps"] = args.max_steps or ((4 if method in ("grpo", "ppo") else 8) if args.quick else d["steps"])
     d["batch"] = args.batch_size or d["batch"]
     d["lr"] = args.lr or d["lr"]
     d["beta"] = d["beta"] if args.beta is None else args.beta
@@ -148,7 +147,7 @@ def settings(args, method):
 
 def train_dpo(run, args, out, start):
     """DPO: raise log π/ref of the chosen answer above the rejected one's, against the frozen SFT model."""
-    d = settings(args, "dpo")
+    d, t0 = settings(args, "dpo"), time.perf_counter()
     policy = copy.deepcopy(start).requires_grad_(True).train()
     opt = make_optimizer(policy, d["lr"], 0.0, run.device)
     pairs = run.train_pairs(d["steps"] * d["batch"], args.seed)
@@ -174,14 +173,14 @@ def train_dpo(run, args, out, start):
         metrics["dpo_implicit_accuracy"], by_kind = implicit_accuracy(policy, run.sft, run.tok,
                                                                       world_pairs(args.eval_n, args.seed, "heldout"), run.device)
         run.say(f"DPO: held-out implicit-reward accuracy {metrics['dpo_implicit_accuracy']} {by_kind}")
-    save_model(run, out, policy, "rlhf", metrics, args, {"method": "dpo"})
+    save_model(run, out, policy, "rlhf", metrics, args, t0, {"method": "dpo"})
     return policy, metrics
 
 
 def train_rl(run, args, out, start, method):
     """PPO or GRPO on the verifiable stories: sample `group` answers per prompt, reward them, and push up the
     log-probability of the better ones, with a KL term that keeps the policy near the SFT model."""
-    d = settings(args, method)
+    d, t0 = settings(args, method), time.perf_counter()
     reward_kind = args.reward or ("checker" if method == "grpo" else "both")
     rm = load_reward_model(args.reward_model, run.tok, run.device) if reward_kind != "checker" else None
     policy = copy.deepcopy(start).requires_grad_(True).train()
@@ -192,7 +191,7 @@ def train_rl(run, args, out, start, method):
     log = RunLogger(out, d["steps"], desc=method)
     for step in range(d["steps"]):
         batch = prompts[step * d["batch"]:(step + 1) * d["batch"]]
-        samples = [s for p in batch for s in sample_answers(policy, run.tok, p["prompt"], args.group, run.device)]
+        samples = sample_answers(policy, run.tok, [p["prompt"] for p in batch], args.group, run.device)
         truths = [p["truth"] for p in batch for _ in range(args.group)]
         correct = torch.tensor([float(check_answer(s[2], s[3], t)) for s, t in zip(samples, truths)])  # (N,)
         reward = correct.clone() if reward_kind != "rm" else torch.zeros_like(correct)
@@ -200,17 +199,19 @@ def train_rl(run, args, out, start, method):
             reward += torch.tensor(scores_of(rm, run.tok, samples, run.device))
         x, y = rollout_batch(samples, run.tok.pad_id, run.device)             # (N, T) each
         with torch.no_grad():
-            old = token_logprobs(policy, x, y)                                 # (N, T)
             ref = token_logprobs(run.sft, x, y)                                # (N, T)
-        if method == "grpo":
-            adv = group_advantages(reward, args.group).to(run.device)[:, None]  # (N, 1): every answer token alike
-        else:
-            adv, returns = ppo_advantages(value, policy, x, y, reward.to(run.device), old, ref, d["beta"])
-        with autocast(run.device, run.dtype):
-            logp = token_logprobs(policy, x, y)                                # (N, T)
-        kl = masked_mean(kl_per_token(logp, ref, y), y)
-        loss = clipped_policy_loss(logp, old, adv, y) + (d["beta"] * kl if method == "grpo" else 0)
-        step_with(opt, loss, schedule(step, d))
+        for update in range(args.updates):  # several passes over one batch of samples: the ratio leaves 1
+            with autocast(run.device, run.dtype):
+                logp = token_logprobs(policy, x, y)                            # (N, T)
+            if update == 0:  # the policy that sampled: the ratio's denominator for every pass
+                old = logp.detach()
+                if method == "grpo":
+                    adv = group_advantages(reward, args.group).to(run.device)[:, None]  # (N, 1): all tokens alike
+                else:
+                    adv, returns = ppo_advantages(value, policy, x, y, reward.to(run.device), old, ref, d["beta"])
+            kl = masked_mean(kl_per_token(logp, ref, y), y)
+            loss = clipped_policy_loss(logp, old, adv, y) + (d["beta"] * kl if method == "grpo" else 0)
+            step_with(opt, loss, schedule(step, d))
         if value is not None:  # the critic learns the returns it will be asked to predict next time
             value_loss = masked_mean((value(policy, x) - returns) ** 2, y)
             step_with(value_opt, value_loss, 1e-3)
@@ -220,7 +221,7 @@ def train_rl(run, args, out, start, method):
                        equal_groups=(groups.max(1).values == groups.min(1).values).float().mean().item())
     log.close()
     policy.eval()
-    save_model(run, out, policy, "rlhf", {}, args, {"method": method, "reward": reward_kind})
+    save_model(run, out, policy, "rlhf", {}, args, t0, {"method": method, "reward": reward_kind})
     return policy
 
 
@@ -243,6 +244,8 @@ def ppo_advantages(value, policy, x, y, reward, old, ref, beta):
 
 def main():
     args = make_parser().parse_args()
+    if args.quick:  # seconds, not minutes: few samples, few held-out prompts
+        args.group, args.eval_n = min(args.group, 4), min(args.eval_n, 20)
     run = Run(args)
     out = Path(args.out or RUNS_DIR / OUT[args.method])
     eval_prompts = story_prompts(args.eval_n, args.seed, "heldout")

