@@ -7,6 +7,13 @@ from step2_gpt.stream import TextStreamer
 MAX_REPLY_TOKENS = 64
 
 
+def add_chat_flags(parser):
+    """The flags every chat takes: --prompt (one turn, then exit), --temperature, --top-p."""
+    parser.add_argument("--prompt", default=None, help="单轮提问 ask one question and exit")
+    parser.add_argument("--temperature", type=float, default=0.0, help="温度 0 = greedy")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling")
+
+
 def stream_reply(model, tok, history, device, temperature=0.0, top_p=None, write=print):
     """Generate the assistant's next turn for `history` (messages), printing it as it comes → the reply text."""
     ids, _ = tok.render_conversation(history, add_generation_prompt=True)

@@ -10,14 +10,12 @@ from common import RUNS_DIR
 from common.cli import course_parser
 from common.device import pick_device, seed_everything
 from step2_gpt.model import GPT_STEPS, load_gpt
-from step4_sft.chat import chat
+from step4_sft.chat import add_chat_flags, chat
 
 
 def main():
     p = course_parser("Step 4: chat with the fine-tuned model.", "device", "seed", "init", init=str(RUNS_DIR / "sft"))
-    p.add_argument("--prompt", default=None, help="单轮提问 ask one question and exit")
-    p.add_argument("--temperature", type=float, default=0.0, help="温度 0 = greedy")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling")
+    add_chat_flags(p)
     args = p.parse_args()
     seed_everything(args.seed)
     device = pick_device(args.device)

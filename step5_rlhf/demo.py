@@ -15,7 +15,7 @@ from common import RUNS_DIR
 from common.cli import course_parser
 from common.device import pick_device, seed_everything
 from step2_gpt.model import GPT_STEPS, load_gpt
-from step4_sft.chat import chat
+from step4_sft.chat import add_chat_flags, chat
 from step5_rlhf.data import check_answer, story_prompts, world_pairs
 from step5_rlhf.model import load_reward_model
 from step5_rlhf.scoring import greedy_answers, scores_of
@@ -30,9 +30,7 @@ def main():
     p.add_argument("--reward-model", default=str(RUNS_DIR / "reward"), help="奖励模型 scores every answer")
     p.add_argument("--n", type=int, default=4, help="每类提示数 held-out prompts of each kind (stories, pairs)")
     p.add_argument("--chat", action="store_true", help="对话 chat with --init instead")
-    p.add_argument("--prompt", default=None, help="单轮提问 with --chat: one question and exit")
-    p.add_argument("--temperature", type=float, default=0.0, help="温度 0 = greedy (with --chat)")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (with --chat)")
+    add_chat_flags(p)  # with --chat
     args = p.parse_args()
     seed_everything(args.seed)
     device = pick_device(args.device)

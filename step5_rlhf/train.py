@@ -3,7 +3,7 @@
     python train.py                       # the default chain rm → dpo → grpo: runs/sft → runs/reward, runs/dpo, runs/rlhf
     python train.py --method rm           # the reward model (Bradley–Terry on preference pairs) → runs/reward
     python train.py --method dpo          # DPO against the frozen SFT model → runs/dpo
-    python train.py --method ppo          # PPO: rollouts, checker + reward-model reward, KL, GAE → runs/ppo
+    python train.py --method ppo          # PPO: rollouts, the checker's reward, KL penalty, value head, GAE → runs/ppo
     python train.py --method grpo         # GRPO: k answers per prompt, the checker's reward → runs/grpo
     python train.py --method grpo --reward rm --beta 0    # chase the reward model with no KL: reward hacking
     python train.py --method dpo --data pairs.jsonl       # your pairs ({"prompt", "chosen", "rejected"})
@@ -58,7 +58,7 @@ def make_parser():
                    help="方法 chain = rm → dpo → grpo, writing runs/rlhf")
     p.add_argument("--beta", type=float, default=None, help="β: DPO's temperature (0.1); the KL weight of PPO/GRPO (0.04)")
     p.add_argument("--reward", choices=("checker", "rm", "both"), default=None,
-                   help="RL 奖励 the checker's 0/1, the reward model's score, or their sum (default: grpo checker, ppo both)")
+                   help="RL 奖励 the checker's 0/1 (default), the reward model's score, or their sum")
     p.add_argument("--reward-model", default=str(RUNS_DIR / "reward"), help="奖励模型 the reward model folder (from --method rm)")
     p.add_argument("--prefer", choices=("right", "longer"), default="right",
                    help="rm 偏好 right: the pairs as made; longer: the longer answer wins (a proxy that can be gamed)")
@@ -181,7 +181,7 @@ def train_rl(run, args, out, start, method):
     """PPO or GRPO on the verifiable stories: sample `group` answers per prompt, reward them, and push up the
     log-probability of the better ones, with a KL term that keeps the policy near the SFT model."""
     d, t0 = settings(args, method), time.perf_counter()
-    reward_kind = args.reward or ("checker" if method == "grpo" else "both")
+    reward_kind = args.reward or "checker"
     rm = load_reward_model(args.reward_model, run.tok, run.device) if reward_kind != "checker" else None
     policy = copy.deepcopy(start).requires_grad_(True).train()
     value = ValueHead(policy.config.n_embd).to(run.device) if method == "ppo" else None

@@ -169,28 +169,32 @@ def _train(*argv):
 
 @pytest.mark.slow
 def test_a_short_seeded_dpo_run_lands_in_its_golden_band(quick_sft, tmp_path):
-    """Measured 2026-12-03 (torch 2.13 CPU): see GOLDEN_DPO. At the start the implicit accuracy is 0 (every
-    margin is 0), so the band shows that 20 steps of the DPO loss taught the preferences."""
+    """Measured 2026-12-03 (torch 2.13 CPU): implicit-reward accuracy 0.85, KL to SFT 0.098. Before training
+    every margin is 0 and the accuracy 0, so the band shows that 20 steps of the DPO loss taught preferences."""
     r, s = _train("--method", "dpo", "--init", quick_sft[0], "--out", tmp_path / "dpo", "--max-steps", 20,
                   "--eval-n", 40, "--reward-model", tmp_path / "none")
     assert r.returncode == 0, r.stderr
     assert GOLDEN_DPO[0] <= s["dpo_implicit_accuracy"] <= GOLDEN_DPO[1], s
-    assert s["kl_to_sft"] > 0 and s["dpo_rm_win_rate"] is None
+    assert GOLDEN_DPO_KL[0] <= s["kl_to_sft"] <= GOLDEN_DPO_KL[1] and s["dpo_rm_win_rate"] is None, s
 
 
 @pytest.mark.slow
 def test_a_short_seeded_grpo_run_lands_in_its_golden_band(quick_sft, tmp_path):
+    """Measured 2026-12-03: KL to SFT 0.0035 after 6 steps, SFT verifiable accuracy 0.10 (the 150-step SFT model
+    rarely gets a story right: the band is on how far the policy moved, and the log's fields)."""
     r, s = _train("--method", "grpo", "--init", quick_sft[0], "--out", tmp_path / "grpo", "--max-steps", 6,
                   "--group", 4, "--eval-n", 40)
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in open(tmp_path / "grpo" / "metrics.jsonl")]
     assert len([r for r in rows if r["kind"] == "train"]) == 6 and all("equal_groups" in r for r in rows)
     assert GOLDEN_KL[0] <= s["kl_to_sft"] <= GOLDEN_KL[1], s
+    assert 0.0 <= s["sft_verifiable_accuracy"] <= 0.3 and 2 <= s["answer_tokens"] <= 16, s
     assert s["grpo_gain"] == pytest.approx(s["grpo_verifiable_accuracy"] - s["sft_verifiable_accuracy"], abs=1e-4)
 
 
-GOLDEN_DPO = (0.0, 1.0)
-GOLDEN_KL = (0.0, 10.0)
+GOLDEN_DPO = (0.70, 0.97)
+GOLDEN_DPO_KL = (0.03, 0.40)
+GOLDEN_KL = (0.0005, 0.05)
 
 
 @pytest.mark.slow
@@ -201,7 +205,7 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(quick_sft, tmp_path, tok
                     extra={"tokenizer_fingerprint": "another"})
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": "q", "chosen": "a", "rejected": "a"}\n')
-    cases = [(["--method", "ppo", "--reward-model", tmp_path / "none"], "--method rm"),
+    cases = [(["--method", "ppo", "--reward", "both", "--reward-model", tmp_path / "none"], "--method rm"),
              (["--method", "grpo", "--reward", "rm", "--reward-model", other], "another tokenizer"),
              (["--method", "dpo", "--data", bad], "bad.jsonl:2"),
              (["--method", "dpo", "--init", tmp_path / "nothing"], "step4_sft/train.py")]
