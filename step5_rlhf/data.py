@@ -8,6 +8,8 @@ answer (correct and concise), rejected is one named kind of bad answer:
   rambling  the right answer buried in filler and said again and again                   3个。 ≻ 嗯，让我想想。3个。3个，就是3个。
   rude      the right answer, said rudely                                                 3个。 ≻ 这都不会？3个。
   invented  an answer made up where the prompt does not say, instead of "I don't know"    我不知道。 ≻ 4个。
+  refused   "I don't know" where the prompt does say                                    3个。 ≻ 我不知道。
+Without the last kind "I don't know" would only ever win, and a reward model would learn to like it everywhere.
 The held-out pairs come from step 4's held-out questions, and rude and rambling phrasings of their own, so a
 held-out pair shares neither its question nor its bad phrasing with training.
 
@@ -27,7 +29,7 @@ from common.errors import CourseError
 from common.world import BY_SIZE, COLORS, POSITIONS, SHAPES, SIZES, THINGS
 from step4_sft.data import IDK, LANGS, TASKS, is_heldout, make_conversation, story_qa
 
-KINDS = ("wrong", "rambling", "rude", "invented")
+KINDS = ("wrong", "rambling", "rude", "invented", "refused")
 # The last phrasing of each list is kept for held-out pairs.
 RUDE = {"zh": ["这都不会？", "烦死了，", "自己不会看吗？", "真笨，"],
         "en": ["Obviously. ", "Ugh, that's easy: ", "Can't you read? ", "Figure it out yourself. "]}
@@ -66,6 +68,8 @@ def bad_answer(kind, chosen, lang, rng, heldout=False, question=""):
     """A rejected answer of `kind` for `question` whose right answer is `chosen`."""
     if kind == "wrong":
         return wrong_answer(chosen, rng, question)
+    if kind == "refused":
+        return IDK[lang]
     if kind == "rude":
         return _phrase(RUDE[lang], rng, heldout) + chosen
     if kind == "rambling":

@@ -138,8 +138,8 @@ def step_with(opt, loss, lr):
 
 def settings(args, method):
     d = dict(DEFAULTS[method])
-    d["steps"] = args.max_steps or ((4 if method in ("grpo", "ppo") else 8) if args.quick else d["steps"])
-    d["batch"] = args.batch_size or d["batch"]
+    d["steps"] = args.max_steps or ((3 if method in ("grpo", "ppo") else 6) if args.quick else d["steps"])
+    d["batch"] = args.batch_size or (4 if args.quick else d["batch"])
     d["lr"] = args.lr or d["lr"]
     d["beta"] = d["beta"] if args.beta is None else args.beta
     return d

@@ -258,7 +258,7 @@ def main():
     p.add_argument("--stage", default="pretrain", choices=("pretrain", "sft"), help="阶段 which freeze row and which data")
     p.add_argument("--image-tokens", default=None, choices=("all", "first", "mean"), help="图像token mode of a fresh model")
     p.add_argument("--projector", default="linear", choices=("linear", "mlp"), help="投影层 of a fresh model")
-    p.add_argument("--llm", default=None, help="起点语言模型 LLM of a fresh VLM (default runs/sft, else runs/pretrain)")
+    p.add_argument("--llm", default=None, help="起点语言模型 LLM of a fresh VLM (default runs/rlhf, else runs/sft, else runs/pretrain)")
     p.add_argument("--image-loss", action="store_true", help="图像位置也算loss put the image positions in the loss")
     args = p.parse_args()
     seed_everything(args.seed)

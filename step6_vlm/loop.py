@@ -117,14 +117,18 @@ def caption_items(scenes, seed: int) -> list:
     return out
 
 
+LLM_STEPS = ("rlhf", "sft", "pretrain")  # the language models of steps 5, 4 and 3, the most trained first
+
+
 def init_llm(init=None, quick: bool = False):
-    """The LLM every VLM starts from (train.py, the lab's ablations): `init`, else runs/sft, else runs/pretrain;
-    with `quick`, an untrained tiny one when none exists. Returns (gpt, tokenizer, where it came from)."""
+    """The LLM every VLM starts from (train.py, the lab's ablations): `init`, else the newest the course has made
+    (runs/rlhf, else runs/sft, else runs/pretrain); with `quick`, an untrained tiny one when none exists. Returns
+    (gpt, tokenizer, where it came from)."""
     if init:  # named: it must exist, --quick or not
         return quick_or_load_gpt(init, quick=False)
-    found = next((p for p in (RUNS_DIR / "sft", RUNS_DIR / "pretrain") if (p / "config.json").is_file()), None)
+    found = next((RUNS_DIR / s for s in LLM_STEPS if (RUNS_DIR / s / "config.json").is_file()), None)
     if found is None and not quick:
-        raise CourseError("no language model to start from (runs/sft or runs/pretrain); make one with: "
+        raise CourseError("no language model to start from (runs/rlhf, runs/sft or runs/pretrain); make one with: "
                           "python step3_pretrain/train.py  (or run this with --quick for a smoke test)")
     return quick_or_load_gpt(found or RUNS_DIR / "pretrain", quick)
 

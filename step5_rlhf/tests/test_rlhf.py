@@ -115,6 +115,7 @@ def test_pairs_are_right_by_construction_and_held_out_by_question():
             assert p["chosen"] != p["rejected"] and p["chosen"] and p["rejected"]
             assert is_heldout(p["prompt"] + [{"role": "assistant", "content": p["chosen"]}]) == heldout
             assert (p["kind"] == "invented") == (p["chosen"] in ("我不知道。", "I don't know."))
+            assert (p["kind"] == "refused") == (p["rejected"] in ("我不知道。", "I don't know."))
     prompts = lambda ps: {"\n".join(m["content"] for m in p["prompt"] if m["role"] == "user") for p in ps}
     assert not prompts(train) & prompts(held)
 
@@ -217,3 +218,8 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(quick_sft, tmp_path, tok
         assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr, (argv, r.stderr)
         assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1, (argv, r.stderr)
         assert not (tmp_path / "out").exists(), argv
+
+
+@pytest.mark.notebook
+def test_lesson_notebook_runs(run_notebook):
+    run_notebook(HERE / "lesson.ipynb", timeout=300)
