@@ -16,12 +16,13 @@ from common.errors import CourseError
 LORA_TARGETS = ("attn.qkv", "attn.proj", "mlp.gate", "mlp.up", "mlp.down")
 
 
-def masked_loss(model, x, y):
+def masked_loss(model, x, y, n_targets=None):
     """Mean cross-entropy over the supervised positions (y != -100) only. A batch with none gives 0, not the
-    0/0 = NaN a plain mean would: a real dataset can hold a conversation whose answers were all cut off."""
+    0/0 = NaN a plain mean would: a real dataset can hold a conversation whose answers were all cut off.
+    `n_targets`: divide by this count instead of the batch's own (DDP: the global count over the processes)."""
     logits, _ = model(x)                                                      # (B, T, V)
     total = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100, reduction="sum")
-    return total / (y != -100).sum().clamp(min=1)
+    return total / ((y != -100).sum() if n_targets is None else n_targets).clamp(min=1)
 
 
 class LoRALinear(nn.Module):

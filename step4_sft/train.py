@@ -84,6 +84,17 @@ def setup_args(args):
     return args
 
 
+def targets_per_process(y, world, device):
+    """The supervised-token count to divide this process's loss sum by, so that the gradient DDP averages over
+    the processes is the mean over every answer token of the global batch (each process's own mean would weigh a
+    short answer's tokens more); None in one process (its own count)."""
+    if world == 1:
+        return None
+    n = (y != -100).sum().to(device)
+    torch.distributed.all_reduce(n)
+    return n / world
+
+
 def train(args):
     args = setup_args(args)
     rank, world, device, dtype, is_main, say = start_run(args.device, args.dtype, args.seed)
@@ -174,7 +185,7 @@ def train(args):
         # DDP: all-reduce the gradients once, after the last backward of the step
         with fwd.no_sync() if world > 1 and replay else contextlib.nullcontext():
             with autocast(device, dtype):  # bf16 matmuls on GPU; the weights and their grads stay fp32
-                loss = masked_loss(fwd, x.to(device), y.to(device))
+                loss = masked_loss(fwd, x.to(device), y.to(device), targets_per_process(y, world, device))
             loss.backward()
         if replay:
             text, seq_len = replay

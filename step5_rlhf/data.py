@@ -167,7 +167,7 @@ def read_pairs(items):
             if chosen == rejected:
                 raise CourseError(f"{where}: `chosen` equals `rejected`, so the pair prefers nothing")
             out.append({"kind": "data", "task": "data", "lang": "", "prompt": prompt, "chosen": chosen,
-                        "rejected": rejected})
+                        "rejected": rejected, "where": where})
     if not out:
         raise CourseError(f"no preference pair in {' '.join(map(str, items))}")
     return out

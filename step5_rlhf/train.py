@@ -34,7 +34,7 @@ from common.errors import CourseError
 from common.training import RunLogger, lr_at, make_optimizer, print_summary, process_start, start_run
 from step2_gpt.model import quick_or_load_gpt
 from step3_pretrain.data import tokenizer_fingerprint
-from step5_rlhf.data import check_answer, read_pairs, story_prompts, world_pairs
+from step5_rlhf.data import check_answer, encode_answer, read_pairs, story_prompts, world_pairs
 from step5_rlhf.model import (RewardModel, ValueHead, load_reward_model, bradley_terry_loss, clipped_policy_loss, dpo_loss, gae,
                               group_advantages, kl_per_token, masked_mean, token_logprobs)
 from step5_rlhf.rollout import rollout_batch, sample_answers
@@ -88,6 +88,9 @@ class Run:
         self.sft.to(self.device).eval().requires_grad_(False)
         self.cfg, self.fingerprint = self.sft.config.to_dict(), tokenizer_fingerprint(self.tok)
         self.pairs = read_pairs(args.data) if args.data else None
+        for p in self.pairs or []:  # every pair must fit the context, checked before anything is written
+            for answer in (p["chosen"], p["rejected"]):
+                encode_answer(self.tok, p["prompt"], answer, self.sft.config.block_size, p["where"])
 
     def train_pairs(self, n, seed, prefer="right"):
         pairs = self.pairs if self.pairs else world_pairs(n, seed)

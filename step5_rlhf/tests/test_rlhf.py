@@ -206,9 +206,13 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(quick_sft, tmp_path, tok
                     extra={"tokenizer_fingerprint": "another"})
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n{"prompt": "q", "chosen": "a", "rejected": "a"}\n')
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n" +
+                    json.dumps({"prompt": "很长的问题" * 400, "chosen": "a", "rejected": "b"}) + "\n")
     cases = [(["--method", "ppo", "--reward", "both", "--reward-model", tmp_path / "none"], "--method rm"),
              (["--method", "grpo", "--reward", "rm", "--reward-model", other], "another tokenizer"),
              (["--method", "dpo", "--data", bad], "bad.jsonl:2"),
+             (["--method", "rm", "--data", long], "long.jsonl:2"),
              (["--method", "dpo", "--init", tmp_path / "nothing"], "step4_sft/train.py")]
     if not torch.cuda.is_available():
         cases.append((["--method", "dpo", "--device", "cuda"], "CUDA"))
