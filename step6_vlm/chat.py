@@ -13,7 +13,7 @@ def prepare_prompt(prompt: str, n_images: int = 1, layout: str = "question-first
     user just asks) gets it where the model was trained to see it, its layout; more placeholders than images
     are refused."""
     n = prompt.count("<image>")
-    if n == 0 and n_images:
+    if n == 0 and n_images == 1:
         return user_turn(prompt, layout)
     if n != n_images:
         raise CourseError(f"the prompt has {n} <image> placeholders but {n_images} image(s) were given; "
