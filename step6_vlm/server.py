@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartParser
 
+from common import RUNS_DIR
 from common.errors import CourseError
 from step2_gpt.model import GPT_STEPS, load_gpt
 from step2_gpt.stream import TextStreamer
@@ -188,6 +189,11 @@ class Engine:
         text = stream.finish()
         ends = [k for k, t in enumerate(new) if t in stop_ids]
         return Reply(text, "stop" if ends else "length", len(job.ids), ends[0] + 1 if ends else len(new))
+
+
+def newest_checkpoint(steps=VLM_STEPS) -> Path | None:
+    """runs/<step> of the first of `steps` that holds a checkpoint, or None (serve.py and bench.py say what then)."""
+    return next((RUNS_DIR / s for s in steps if (RUNS_DIR / s / "config.json").is_file()), None)
 
 
 def checkpoint_step(path: Path) -> str | None:

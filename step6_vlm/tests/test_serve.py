@@ -349,3 +349,14 @@ def test_browser_page_uploads_a_picture_and_streams_the_answer(servers):
             assert im.size[0] >= 600 and hi - lo > 100, (im.size, lo, hi)   # a drawn page, not a blank one
     finally:
         drv.quit()
+
+
+def test_bench_serve_reports_its_documented_keys_and_concurrent_answers_match(ckpts, tmp_path):
+    r = subprocess.run([sys.executable, str(HERE / "bench.py"), "--serve", "--quick", "--init", str(ckpts / "vlm_sft")],
+                       capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    j = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(j) == {"mode", "model", "vision", "device", "ttft_p50_ms", "reply_tokens", "tokens_per_s", "clients",
+                      "latency_p50_s", "latency_p95_s", "correct"}
+    assert j["vision"] and j["model"] == "vlm_sft" and j["correct"] == j["clients"] == 3
+    assert 0 < j["ttft_p50_ms"] < 1000 * j["latency_p95_s"] and j["latency_p50_s"] <= j["latency_p95_s"]
