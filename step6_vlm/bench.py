@@ -31,6 +31,7 @@ import random
 import statistics
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import torch
@@ -121,18 +122,21 @@ def streamed(url: str, messages: list, max_tokens: int) -> dict:
     req = urllib.request.Request(url + "/v1/chat/completions", json.dumps(body).encode(),
                                  {"Content-Type": "application/json"})
     t0, first, text, tokens = time.perf_counter(), None, "", 0
-    with urllib.request.urlopen(req, timeout=600) as r:
-        for line in r:   # server-sent events, one `data: {...}` line each
-            if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
-                continue
-            j = json.loads(line[6:])
-            if "error" in j:
-                raise CourseError(f"the server failed: {j['error']['message']}")
-            tokens = j["usage"]["completion_tokens"] if j.get("usage") else tokens
-            piece = j["choices"][0]["delta"].get("content") if j["choices"] else None
-            if piece:
-                first = first or time.perf_counter()
-                text += piece
+    try:
+        with urllib.request.urlopen(req, timeout=600) as r:
+            for line in r:   # server-sent events, one `data: {...}` line each
+                if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+                    continue
+                j = json.loads(line[6:])
+                if "error" in j:
+                    raise CourseError(f"the server failed: {j['error']['message']}")
+                tokens = j["usage"]["completion_tokens"] if j.get("usage") else tokens
+                piece = j["choices"][0]["delta"].get("content") if j["choices"] else None
+                if piece:
+                    first = first or time.perf_counter()
+                    text += piece
+    except urllib.error.HTTPError as e:   # a refused request (e.g. --max-tokens beyond the context): say why
+        raise CourseError(f"the server refused the request: {json.loads(e.read())['error']['message']}") from None
     end = time.perf_counter()
     first = first or end   # an empty answer: its "first text" is its end
     return {"ttft": first - t0, "total": end - t0, "after_first": end - first, "text": text, "tokens": tokens}
@@ -159,7 +163,10 @@ def bench_serving(engine, clients: int, max_tokens: int, repeats: int = 3) -> di
 
         def client(i):
             start.wait()
-            together[i] = streamed(served.url, asks[i], max_tokens)
+            try:
+                together[i] = streamed(served.url, asks[i], max_tokens)
+            except CourseError as e:
+                together[i] = e
 
         threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
         for t in threads:
@@ -168,6 +175,9 @@ def bench_serving(engine, clients: int, max_tokens: int, repeats: int = 3) -> di
             t.join()
     finally:
         served.stop()
+    failed = next((r for r in together if isinstance(r, CourseError)), None)
+    if failed:
+        raise failed
     lat, decode_s = sorted(r["total"] for r in together), sum(r["after_first"] for r in alone)
     p95 = statistics.quantiles(lat, n=20, method="inclusive")[18] if clients > 1 else lat[0]
     return {"mode": "serve", "model": engine.name, "vision": engine.vision,
