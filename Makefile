@@ -11,7 +11,7 @@ PY     := $(VENV)/bin/python
 DEVICE ?= cpu
 STEP_TARGETS := step1 step2 step3 step4 step5 step6 numeric
 
-.PHONY: setup course test clean report $(STEP_TARGETS)
+.PHONY: setup course test clean report serve $(STEP_TARGETS)
 
 $(VENV)/.ready: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ $(STEP_TARGETS): setup
 # The report again, from what is in runs/, without training.
 report: setup
 	$(PY) -m course.chain --report
+
+# Chat with the newest VLM in a browser at http://127.0.0.1:8000/ (step6_vlm/serve.py; ARGS="--init runs/sft").
+serve: setup
+	$(PY) step6_vlm/serve.py --device $(DEVICE) $(ARGS)
 
 clean:
 	rm -rf runs

@@ -288,24 +288,30 @@ def load_image(path) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise CourseError(f"image {path} does not exist")
-    if path.stat().st_size == 0:
-        raise CourseError(f"image {path} is an empty file (0 bytes)")
+    return decode_image(path, f"image {path}")
+
+
+def decode_image(source, name: str = "the image") -> Image.Image:
+    """A path or binary file object (an upload, a data URL's bytes) → RGB image, with load_image's checks;
+    `name` says which image in the error sentence."""
+    if (source.stat().st_size if isinstance(source, Path) else len(source.getbuffer())) == 0:
+        raise CourseError(f"{name} is an empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(source)
             w, h = im.size
             if w * h > MAX_PIXELS:
-                raise CourseError(f"image {path} is too large ({w}×{h} pixels); shrink it below {MAX_PIXELS:,} pixels")
+                raise CourseError(f"{name} is too large ({w}×{h} pixels); shrink it below {MAX_PIXELS:,} pixels")
             im.load()
     except CourseError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise CourseError(f"image {path} is too large to open safely; shrink it first") from None
+        raise CourseError(f"{name} is too large to open safely; shrink it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise CourseError(f"image {path} cannot be read as an image (corrupt or unsupported format: {e})") from None
+        raise CourseError(f"{name} cannot be read as an image (corrupt or unsupported format: {e})") from None
     if min(w, h) < MIN_SIDE:
-        raise CourseError(f"image {path} is too small ({w}×{h} pixels); it must be at least {MIN_SIDE}×{MIN_SIDE}")
+        raise CourseError(f"{name} is too small ({w}×{h} pixels); it must be at least {MIN_SIDE}×{MIN_SIDE}")
     return to_rgb(im)
 
 
