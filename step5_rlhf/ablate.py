@@ -2,6 +2,7 @@
 
     python ablate.py hacking     # reward hacking: a proxy reward model that prefers longer answers, chased by
                                  # GRPO with β = 0 and with the default β; proxy reward and gold accuracy in one figure
+    python ablate.py hacking --betas 1     # one more β, added to the runs already made (--retrain: redo them)
     python ablate.py seeds       # the GRPO gain over SFT for 3 seeds: mean and spread
 
 Reward hacking: `train.py --method rm --prefer longer` learns "longer is better" from the same pairs with the
@@ -50,8 +51,13 @@ def smooth(v, k=5):
 
 
 def hacking(args, out):
-    runs = {"proxy_rm": train("--method", "rm", "--prefer", "longer", "--out", out / "reward_longer", *args.extra)}
-    for name, beta in (("beta_0", 0.0), (f"beta_{DEFAULT_BETA}", DEFAULT_BETA)):
+    runs = {}
+    if not (out / "reward_longer" / "config.json").is_file() or args.retrain:
+        runs["proxy_rm"] = train("--method", "rm", "--prefer", "longer", "--out", out / "reward_longer", *args.extra)
+    for beta in args.betas:
+        name = f"beta_{beta:g}"
+        if (out / name / "config.json").is_file() and not args.retrain:
+            continue  # made by an earlier call: it joins the figure as it is
         runs[name] = train("--method", "grpo", "--reward", "rm", "--reward-model", out / "reward_longer", "--beta", beta,
                            "--max-steps", args.steps, "--out", out / name, *args.extra)
     import matplotlib
@@ -59,9 +65,8 @@ def hacking(args, out):
     import matplotlib.pyplot as plt
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     summary = {"proxy_first": {}, "proxy_last": {}, "gold_first": {}, "gold_last": {}}
-    for name in runs:
-        if not name.startswith("beta"):
-            continue
+    for name in sorted((f.name for f in out.glob("beta_*") if (f / "config.json").is_file()),
+                       key=lambda n: float(n[len("beta_"):])):
         proxy, gold = curves(out / name)
         a1.plot(smooth(proxy), label=name.replace("beta_", "β = "))
         a2.plot(smooth(gold), label=name.replace("beta_", "β = "))
@@ -100,8 +105,9 @@ def main():
     p.add_argument("study", choices=("hacking", "seeds"))
     p.add_argument("--out", default=str(RUNS_DIR / "rlhf_ablate"), help="输出目录 folder for the runs and the figure")
     p.add_argument("--steps", type=int, default=80, help="hacking: GRPO steps per run")
-    p.add_argument("extra", nargs=argparse.REMAINDER, help="more flags for every train.py run (e.g. --quick)")
-    args = p.parse_args()
+    p.add_argument("--betas", type=float, nargs="+", default=[0.0, DEFAULT_BETA], help="hacking: the KL weights to compare")
+    p.add_argument("--retrain", action="store_true", help="hacking: train the proxy reward model again even if it exists")
+    args, args.extra = p.parse_known_args()  # flags it does not know go to every train.py run (e.g. --quick)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = (hacking if args.study == "hacking" else seeds)(args, out)
