@@ -64,3 +64,14 @@ def quick_sft(quick_pretrain):
     r = _course_script("step4_sft/train.py", "--init", quick_pretrain, "--out", out, "--max-steps", 150, "--eval-n", 40)
     assert r.returncode == 0, r.stderr
     return out, json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def one_line_error():
+    """Check that a script run failed the way bad input must: exit status 2, one `error: ...` line that contains
+    `words`, no traceback. `where` is shown when it did not."""
+    def check(result, words, where=None):
+        err = result.stderr
+        assert result.returncode == 2 and err.startswith("error:") and "Traceback" not in err, (where, err)
+        assert words in err and len(err.strip().splitlines()) == 1, (where, err)
+    return check
