@@ -92,12 +92,18 @@ class Run:
             for answer in (p["chosen"], p["rejected"]):
                 encode_answer(self.tok, p["prompt"], answer, self.sft.config.block_size, p["where"])
 
-    def train_pairs(self, n, seed, prefer="right"):
+        # the world's held-out pairs, scored after the reward model and DPO (real data has none)
+        self.heldout_pairs = [] if self.pairs else world_pairs(args.eval_n, args.seed, "heldout")
+
+    def pair_batches(self, d, seed, prefer="right"):
+        """d["steps"] batches of d["batch"] training pairs (real pairs repeat as often as needed)."""
+        n = d["steps"] * d["batch"]
         pairs = self.pairs if self.pairs else world_pairs(n, seed)
         if prefer == "longer":  # the gameable proxy: whichever answer is longer is "chosen"
             pairs = [dict(p, chosen=max(p["chosen"], p["rejected"], key=len),
                           rejected=min(p["chosen"], p["rejected"], key=len)) for p in pairs]
-        return pairs
+        return pair_batches(self.tok, pairs * math.ceil(n / len(pairs)), self.sft.config.block_size, self.device,
+                            d["batch"])
 
 
 def train_rm(run, args, out):
@@ -105,10 +111,8 @@ def train_rm(run, args, out):
     d, t0 = settings(args, "rm"), time.perf_counter()
     rm = RewardModel(copy.deepcopy(run.sft).requires_grad_(True)).to(run.device).train()
     opt = make_optimizer(rm, d["lr"], 0.0, run.device)
-    pairs = run.train_pairs(d["steps"] * d["batch"], args.seed, args.prefer)
+    batches = run.pair_batches(d, args.seed, args.prefer)
     log = RunLogger(out, d["steps"], desc="rm")
-    batches = pair_batches(run.tok, pairs * math.ceil(d["steps"] * d["batch"] / len(pairs)), run.sft.config.block_size,
-                           run.device, d["batch"])
     for step in range(d["steps"]):
         part, x, y = next(batches)
         with autocast(run.device, run.dtype):
@@ -117,8 +121,7 @@ def train_rm(run, args, out):
         step_with(opt, loss, schedule(step, d))
         log.train_step(step, loss.item(), opt.param_groups[0]["lr"], accuracy=(r[:len(part)] > r[len(part):]).float().mean().item())
     log.close()
-    heldout = [] if run.pairs else world_pairs(args.eval_n, args.seed, "heldout")
-    acc, by_kind = pair_accuracy(rm, run.tok, heldout, run.device) if heldout else (None, None)
+    acc, by_kind = pair_accuracy(rm, run.tok, run.heldout_pairs, run.device) if run.heldout_pairs else (None, None)
     run.say(f"reward model: held-out pair accuracy {acc} {by_kind}")
     rm.eval()
     save_model(run, out, rm, "reward", {"pair_accuracy": acc, "by_kind": by_kind}, args, t0)
@@ -153,9 +156,7 @@ def train_dpo(run, args, out, start):
     d, t0 = settings(args, "dpo"), time.perf_counter()
     policy = copy.deepcopy(start).requires_grad_(True).train()
     opt = make_optimizer(policy, d["lr"], 0.0, run.device)
-    pairs = run.train_pairs(d["steps"] * d["batch"], args.seed)
-    batches = pair_batches(run.tok, pairs * math.ceil(d["steps"] * d["batch"] / len(pairs)), run.sft.config.block_size,
-                           run.device, d["batch"])
+    batches = run.pair_batches(d, args.seed)
     log = RunLogger(out, d["steps"], desc="dpo")
     for step in range(d["steps"]):
         part, x, y = next(batches)
@@ -172,9 +173,9 @@ def train_dpo(run, args, out, start):
     log.close()
     policy.eval()
     metrics = {}
-    if not run.pairs:
-        metrics["dpo_implicit_accuracy"], by_kind = implicit_accuracy(policy, run.sft, run.tok,
-                                                                      world_pairs(args.eval_n, args.seed, "heldout"), run.device)
+    if run.heldout_pairs:
+        metrics["dpo_implicit_accuracy"], by_kind = implicit_accuracy(policy, run.sft, run.tok, run.heldout_pairs,
+                                                                      run.device)
         run.say(f"DPO: held-out implicit-reward accuracy {metrics['dpo_implicit_accuracy']} {by_kind}")
     save_model(run, out, policy, "rlhf", metrics, args, t0, {"method": "dpo"})
     return policy, metrics
@@ -262,10 +263,9 @@ def main():
     if args.method in ("chain", "dpo"):
         dpo, figures = train_dpo(run, args, out.parent / OUT["dpo"] if args.method == "chain" else out, run.sft)
         summary.update(figures)
-        if not run.pairs and (args.method == "chain" or Path(args.reward_model, "config.json").is_file()):
+        if run.heldout_pairs and (args.method == "chain" or Path(args.reward_model, "config.json").is_file()):
             rm = rm if args.method == "chain" else load_reward_model(args.reward_model, run.tok, run.device)
-            summary["dpo_rm_win_rate"] = win_rate(rm, run.tok, dpo, run.sft, [{"prompt": p["prompt"]} for p in
-                                                  world_pairs(args.eval_n, args.seed, "heldout")], run.device)
+            summary["dpo_rm_win_rate"] = win_rate(rm, run.tok, dpo, run.sft, run.heldout_pairs, run.device)
         final = dpo
     if args.method in ("chain", "grpo", "ppo"):
         method = "grpo" if args.method == "chain" else args.method
