@@ -114,6 +114,47 @@ def describe_scene(things: list, lang: str) -> str:
     return f"There {'is 1 shape' if n == 1 else f'are {n} shapes'}: {listed}."
 
 
+def _alt(words) -> str:
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))  # longest first: 右上 before 上
+
+
+_CELLS = [p for row in POSITIONS for p in row]
+_ZH_THING = re.compile(f"^({_alt(p[0] for p in _CELLS)})是一个({_alt(s[0] for s in SIZES)})的"
+                       f"({_alt(c.zh for c in COLORS)})({_alt(s[0] for s in SHAPES)})$")
+_EN_THING = re.compile(f"^an? ({_alt(s[1] for s in SIZES)}) ({_alt(c.en for c in COLORS)}) "
+                       f"({_alt(s[1] for s in SHAPES)}) at the ({_alt(p[1] for p in _CELLS)})$")
+
+
+def parse_description(text: str) -> tuple:
+    """describe_scene read backwards, with the world's own grammar: text → (count said or None, things said).
+    Each thing said is (colour, shape, size, position) in English words, or None for a piece that does not
+    parse (it still counts as something said, so a garbled description cannot score by saying little)."""
+    text = text.strip()
+    zh = re.match(r"^图中有(\d+)个图形：(.*?)。?$", text, re.S)
+    en = None if zh else re.match(r"^There (?:is|are) (\d+) shapes?: (.*?)\.?$", text, re.S)
+    if not (zh or en):
+        return None, ([None] if text else [])
+    count, body = int((zh or en).group(1)), (zh or en).group(2)
+    pieces = body.split("，") if zh else re.split(r", and |, | and ", body)
+    said = []
+    for piece in (p.strip() for p in pieces if p.strip()):
+        m = (_ZH_THING if zh else _EN_THING).match(piece)
+        if m is None:
+            said.append(None)
+        elif zh:
+            pos, size, color, shape = m.groups()
+            said.append((next(c.en for c in COLORS if c.zh == color), next(s[1] for s in SHAPES if s[0] == shape),
+                         next(s[1] for s in SIZES if s[0] == size), next(p[1] for p in _CELLS if p[0] == pos)))
+        else:
+            said.append(m.groups()[1:3] + m.groups()[:1] + m.groups()[3:])  # (colour, shape, size, position)
+    return count, said
+
+
+def scene_facts(things) -> list:
+    """The (colour, shape, size, position) of each thing, in English words: what parse_description returns."""
+    return [(t.color.en, t.shape[1], t.size[1], t.position[1]) for t in things]
+
+
 # Questions about a scene, each with exactly one right answer (step 4 asks them about a description, step 6 about
 # the picture itself).
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -115,14 +116,17 @@ def render_scene(things, size: int = IMAGE_SIZE) -> Image.Image:
 # Texts about a scene: captions (stage 1) and questions with exactly one right answer (stage 2, eval)
 
 
-def caption_messages(things, lang: str, layout: str = "question-first") -> list:
-    return [{"role": "user", "content": user_turn(CAPTION_PROMPTS[lang], layout)},
+def caption_messages(things, lang: str, layout: str = "question-first", prompt: str | None = None) -> list:
+    return [{"role": "user", "content": user_turn(prompt or CAPTION_PROMPTS[lang], layout)},
             {"role": "assistant", "content": describe_scene(things, lang)}]
 
 
-def caption_conversations(scenes, layout: str = "question-first") -> list:
-    """Stage 1 on the data world: each picture's caption in both languages, as (scene index, messages)."""
-    return [(i, caption_messages(s, lang, layout)) for i, s in enumerate(scenes) for lang in ("zh", "en")]
+def caption_conversations(scenes, layout: str = "question-first", rng: random.Random | None = None) -> list:
+    """Stage 1 on the data world: each picture's description in both languages, as (scene index, messages).
+    The instruction is "what is in this image?" or "describe this image" at random (with `rng`; without, always
+    the first), so stage 1 already answers the request a user types first."""
+    return [(i, caption_messages(s, lang, layout, rng.choice([CAPTION_PROMPTS[lang], DESCRIBE_PROMPTS[lang]])
+                                 if rng else None)) for i, s in enumerate(scenes) for lang in ("zh", "en")]
 
 
 def qa_examples(things, rng: random.Random, layout: str = "question-first", per_image: int = 3,
@@ -153,7 +157,8 @@ def qa_examples(things, rng: random.Random, layout: str = "question-first", per_
 CURRICULUM = ((("color", "shape"), 0.2), (("position",), 0.3))   # (question types, share of the stage's steps)
 
 
-def sft_phases(scenes, rng: random.Random, layout: str = "question-first", drills=CURRICULUM, painted=()) -> list:
+def sft_phases(scenes, rng: random.Random, layout: str = "question-first", drills=CURRICULUM, describe_p: float = 0.15,
+               painted=()) -> list:
     """Stage 2 on the data world as [(conversations, share of the stage's steps)]: each drill (one question of
     each of its types per picture, random language), then the full mix for the rest of the steps. drills=() is
     no curriculum. Conversations are (scene index, messages). `painted` = [(feature index, repainted scene)]
@@ -162,7 +167,7 @@ def sft_phases(scenes, rng: random.Random, layout: str = "question-first", drill
                                                                           describe_p=0.0, types=types)]
                + (painted_shape_questions(painted, rng, layout) if "shape" in types else []),
                share) for types, share in drills]
-    full = [(i, c) for i, s in enumerate(scenes) for c in qa_examples(s, rng, layout)]
+    full = [(i, c) for i, s in enumerate(scenes) for c in qa_examples(s, rng, layout, describe_p=describe_p)]
     full += painted_shape_questions(painted, rng, layout)
     return phases + [(full, 1.0 - sum(share for _, share in drills))]
 
@@ -229,10 +234,13 @@ class WorldSplits:
     test: list                     # held-out images: never in training, same combinations as training
     combo: list                    # held-out combinations: each has ≥1 thing of a combination never trained on
     info: dict = field(default_factory=dict)
+    val: list = field(default_factory=list)  # unseen pictures for choosing the best checkpoint (never the test ones)
 
 
-def world_splits(n_train: int = 8000, n_test: int = 400, n_combo: int = 300, seed: int = 1337) -> WorldSplits:
-    """Seeded splits. Test scenes are drawn first and their exact scenes are barred from training."""
+def world_splits(n_train: int = 8000, n_test: int = 400, n_combo: int = 300, seed: int = 1337,
+                 n_val: int = 0) -> WorldSplits:
+    """Seeded splits. Test scenes are drawn first and their exact scenes are barred from training; validation
+    scenes are drawn last (so they change no other split) and are neither trained on nor tested."""
     rng = random.Random(seed + 6)
     test, seen = [], set()
     while len(test) < n_test:
@@ -251,7 +259,15 @@ def world_splits(n_train: int = 8000, n_test: int = 400, n_combo: int = 300, see
         s = random_scene(rng, allowed=allowed_in_training)
         if scene_key(s) not in seen:  # exact held-out pictures never appear in training
             train.append(s)
-    return WorldSplits(train, test, combo, {"n_train": n_train, "n_test": n_test, "n_combo": n_combo, "seed": seed})
+    seen |= {scene_key(s) for s in train}
+    val = []
+    while len(val) < n_val:
+        s = random_scene(rng, allowed=allowed_in_training)
+        if scene_key(s) not in seen:
+            seen.add(scene_key(s))
+            val.append(s)
+    return WorldSplits(train, test, combo, {"n_train": n_train, "n_test": n_test, "n_combo": n_combo, "seed": seed,
+                                            "n_val": n_val}, val)
 
 
 def eval_items(scenes, seed: int, combo: bool = False) -> list:
@@ -387,29 +403,47 @@ def load_caption_folder(folder, lang: str = "zh") -> list:
             for name, text in caps.items()]
 
 
-def load_hf_captions(name: str, split: str = "train", limit: int | None = None, lang: str = "en") -> list:
-    """A Hugging Face image–caption dataset by name (needs network and `pip install datasets`; imported
-    lazily so nothing else depends on it). Images stay PIL objects in memory."""
+IMAGE_COLUMNS, CAPTION_COLUMNS = ("image", "img", "jpg"), ("caption", "captions", "text", "sentences", "sentence")
+
+
+def load_hf_captions(source: str, split: str | None = None, limit: int | None = None, image_column: str | None = None,
+                     caption_column: str | None = None, lang: str = "en") -> list:
+    """A Hugging Face image–caption dataset (common.datasources.hf_rows: the hub with network, or a folder saved
+    with `save_to_disk`) → stage-1 conversations. A caption column may hold one string or a list of them (COCO,
+    flickr30k: the first is used). Without --split: "train", or the only split a dataset has (flickr30k ships
+    only "test")."""
+    from common.datasources import hf_rows
+    name = source[3:] if source.startswith("hf:") else source
+    rows = hf_rows(source, split or "train", limit)
     try:
-        import datasets  # noqa: F401  (optional dependency)
-    except ImportError:
-        raise CourseError("loading a Hugging Face dataset needs `pip install datasets` (and network)") from None
-    try:
-        ds = datasets.load_dataset(name, split=split)
-    except Exception as e:
-        raise CourseError(f"cannot load dataset {name!r} ({type(e).__name__}); offline, use --data with a "
-                          f"local folder or LLaVA JSON instead") from None
-    img_col = next((c for c in ds.column_names if c in ("image", "img", "jpg")), None)
-    cap_col = next((c for c in ds.column_names if c in ("caption", "text", "sentences", "captions")), None)
-    if img_col is None or cap_col is None:
-        raise CourseError(f"dataset {name!r} has no image/caption columns (it has {ds.column_names})")
+        first = next(rows)
+    except CourseError as e:
+        only = re.search(r"has the splits \['(\w+)'\]", str(e))
+        if split is None and only:  # one split only: use it
+            rows = hf_rows(source, only.group(1), limit)
+            first = next(rows, None)
+        else:
+            raise
+    except StopIteration:
+        first = None
+    if first is None:
+        raise CourseError(f"--data hf:{name} has no rows")
+    img_col = image_column or next((c for c in IMAGE_COLUMNS if c in first), None)
+    cap_col = caption_column or next((c for c in CAPTION_COLUMNS if c in first), None)
+    for col, what, flag in ((img_col, "image", "--image-column"), (cap_col, "caption", "--caption-column")):
+        if col is None or col not in first:
+            raise CourseError(f"--data hf:{name} has no {what} column{f' {col!r}' if col else ''} (its columns: {sorted(first)}); "
+                              f"name it with {flag}")
     out = []
-    for i, row in enumerate(ds):
-        if limit and i >= limit:
-            break
-        cap = row[cap_col][0] if isinstance(row[cap_col], list) else row[cap_col]
-        out.append({"image": to_rgb(row[img_col]), "messages": [{"role": "user", "content": CAPTION_PROMPTS[lang]},
-                                                                {"role": "assistant", "content": cap}]})
+    for i, row in enumerate([first, *rows]):
+        cap = row[cap_col][0] if isinstance(row[cap_col], (list, tuple)) and row[cap_col] else row[cap_col]
+        if not isinstance(cap, str) or not cap.strip():
+            raise CourseError(f"--data hf:{name}: row {i} has an empty caption in column {cap_col!r}")
+        im = row[img_col]
+        if not isinstance(im, Image.Image):
+            raise CourseError(f"--data hf:{name}: row {i}'s {img_col!r} is not an image ({type(im).__name__})")
+        out.append({"image": to_rgb(im), "messages": [{"role": "user", "content": CAPTION_PROMPTS[lang]},
+                                                      {"role": "assistant", "content": cap.strip()}]})
     return out
 
 
@@ -434,13 +468,14 @@ def one_image_placeholder(messages, where: str, layout: str = "question-first") 
     return messages
 
 
-def load_real_data(sources, layout: str = "question-first") -> list:
-    """`--data` entries: a LLaVA JSON file, a captions folder, or `hf:NAME` for a Hugging Face dataset.
-    A sample that places its own <image> keeps that place; the others get it where `layout` says."""
+def load_real_data(sources, layout: str = "question-first", **hf) -> list:
+    """`--data` entries: a LLaVA JSON file, a captions folder, or `hf:NAME` for a Hugging Face dataset (`hf`:
+    load_hf_captions' split, limit and column names). A sample that places its own <image> keeps that place;
+    the others get it where `layout` says."""
     out = []
     for src in sources:
         if str(src).startswith("hf:"):
-            out += load_hf_captions(str(src)[3:])
+            out += load_hf_captions(str(src), **hf)
         elif Path(src).is_dir():
             out += load_caption_folder(src)
         elif Path(src).is_file():

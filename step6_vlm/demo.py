@@ -38,8 +38,10 @@ def main():
     proc = load_image_processor(vlm.config.vision_encoder)
     print(f"[{ckpt.name}] {args.prompt}", file=sys.stderr)
     stream = TextStreamer(tok, lambda piece: print(piece, end="", flush=True), stop_ids=(tok.im_end_id, tok.eos_id))
-    answer(vlm, tok, proc, image, args.prompt, args.max_new_tokens, args.temperature, on_token=stream, device=dev)
+    said = answer(vlm, tok, proc, image, args.prompt, args.max_new_tokens, args.temperature, on_token=stream, device=dev)
     stream.finish()
+    if not said.strip():  # the model ended its turn at once: say so rather than print nothing
+        print("（模型没有回答：它立刻结束了这一轮 / the model ended its turn without an answer）", end="")
     print()
 
 

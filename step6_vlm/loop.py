@@ -1,7 +1,8 @@
-"""Step 6's training loop and its pieces: the LLM a VLM starts from, one stage's loop (`fit`), world features,
-padded batches and exact-match scoring (shared by train.py, eval.py, debug.py and the lab's ablations)."""
+"""Step 6's training loop and its pieces: the LLM a VLM starts from, one stage's loop (`fit`), world features
+and padded batches (shared by train.py, eval.py, debug.py and the lab's ablations)."""
 import random
 import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -11,7 +12,7 @@ from common.errors import CourseError
 from common.training import lr_at
 from step2_gpt.model import quick_or_load_gpt
 
-from step6_vlm.data import CAPTION_PROMPTS, RENDER_VERSION, caption_messages, cell_labels, render_scene, scene_key, user_turn
+from step6_vlm.data import RENDER_VERSION, cell_labels, render_scene, scene_key
 from step6_vlm.model import VLM, apply_freeze, build_example, connector_params
 from step6_vlm.vision import cached_features, encoder_key
 
@@ -24,6 +25,44 @@ def world_features(vision, processor, scenes, vision_encoder: str, feature_layer
     kw = {"cache_root": cache_root} if cache_root else {}
     return cached_features(vision, processor, keys, lambda k: render_scene(by_key[k], size),
                            encoder_key(vision_encoder, feature_layer), feature_layer, use_cache=use_cache, **kw)
+
+
+@dataclass
+class FeatureStore:
+    """The frozen features of every picture a run uses, in one (N, P, D) tensor so that a batch is one gather,
+    with named splits: `store.row("test", 3)` is the row of the 4th test picture."""
+    tensor: torch.Tensor
+    start: dict = field(default_factory=dict)   # split name → its first row
+    size: dict = field(default_factory=dict)    # split name → its number of pictures
+
+    def add(self, split: str, feats: torch.Tensor) -> "FeatureStore":
+        self.start[split], self.size[split] = len(self.tensor), len(feats)
+        self.tensor = torch.cat([self.tensor, feats]) if len(self.tensor) else feats
+        return self
+
+    def row(self, split: str, i: int) -> int:
+        return self.start[split] + i
+
+    def rows(self, split: str) -> list:
+        return list(range(self.start[split], self.start[split] + self.size[split]))
+
+    def items(self, split: str, items) -> list:
+        """Eval items or (picture index, messages) pairs of one split, re-pointed at the store's rows."""
+        return [dict(it, image=self.row(split, it["image"])) if isinstance(it, dict) else (self.row(split, it[0]), *it[1:])
+                for it in items]
+
+
+def world_store(vision, processor, splits: dict, vision_encoder: str, feature_layer: int, size: int,
+                cache_root=None) -> tuple:
+    """A FeatureStore of the data world's splits {name: scenes}, through the cache. Returns (store, n_encoded)."""
+    names = [n for n, scenes in splits.items() if scenes]
+    feats, n_enc = world_features(vision, processor, [s for n in names for s in splits[n]], vision_encoder,
+                                  feature_layer, size, cache_root=cache_root)
+    store, k = FeatureStore(feats[:0]), 0
+    for n in names:
+        store.add(n, feats[k:k + len(splits[n])])
+        k += len(splits[n])
+    return store, n_enc
 
 
 def oracle_features(scenes, dim: int) -> torch.Tensor:
@@ -67,6 +106,9 @@ def batches(examples, batch_size: int, seed: int, bucket: int = 16):
     band go together in random order: little compute is spent on padding, and a batch still mixes question types
     and languages. (Sorting by exact length made most batches one type in one language; the task of each step then
     flipped, and stage 2 learned colour/shape questions more slowly: README 问题 7, item 13.)"""
+    if not examples:
+        raise CourseError("no training examples to make batches of")
+    batch_size = min(batch_size, len(examples))  # a data set smaller than one batch is one batch (not none, forever)
     rng = random.Random(seed)
     while True:
         order = list(range(len(examples)))
@@ -76,45 +118,6 @@ def batches(examples, batch_size: int, seed: int, bucket: int = 16):
         rng.shuffle(out)
         for b in out:
             yield [examples[j] for j in b]
-
-
-@torch.no_grad()
-def exact_match(vlm: VLM, examples, feats, pad_id: int, batch_size: int = 256, device="cpu") -> list:
-    """One bool per example: does greedy decoding reproduce the answer exactly (and stop)? Computed in one
-    teacher-forced pass: greedy decoding writes the answer iff at every answer position the most likely
-    next token is the answer's token (by induction over positions), including the closing <|im_end|>."""
-    vlm.eval()
-    out = []
-    for k in range(0, len(examples), batch_size):
-        x, y, idx = collate(examples[k:k + batch_size], pad_id)
-        logits, _ = vlm(x.to(device), image_features=feats[idx].to(device))
-        ok = (logits.argmax(-1).cpu() == y) | (y == -100)    # (B, T)
-        out += ok.all(1).tolist()
-    return out
-
-
-def score(vlm, tokenizer, items, feats, device="cpu") -> dict:
-    """Accuracy overall and per question type of eval items ({"image", "type", "question", "answer"})."""
-    convs = [(it["image"], [{"role": "user", "content": user_turn(it["question"], vlm.config.layout)},
-                            {"role": "assistant", "content": it["answer"]}]) for it in items]
-    ok = exact_match(vlm, encode(vlm, tokenizer, convs), feats, tokenizer.pad_id, device=device)
-    by_type = {}
-    for it, good in zip(items, ok):
-        by_type.setdefault(it["type"], []).append(good)
-    return {"n": len(ok), "overall": sum(ok) / max(1, len(ok)),
-            "by_type": {t: round(sum(v) / len(v), 4) for t, v in by_type.items()}}
-
-
-def caption_items(scenes, seed: int) -> list:
-    """Stage-1 captions of held-out pictures as eval items (type "caption"), random language."""
-    rng = random.Random(seed + 7)
-    out = []
-    for i, s in enumerate(scenes):
-        lang = rng.choice(["zh", "en"])
-        msgs = caption_messages(s, lang)
-        out.append({"image": i, "type": "caption", "lang": lang,
-                    "question": CAPTION_PROMPTS[lang], "answer": msgs[1]["content"]})
-    return out
 
 
 LLM_STEPS = ("rlhf", "sft", "pretrain")  # the language models of steps 5, 4 and 3, the most trained first
@@ -140,12 +143,15 @@ def phase_steps(steps: int, shares) -> list:
 
 
 def fit(vlm, tok, phases, feats, stage: str, steps: int, batch: int, lr: float, proj_lr: float, stage1_llm: str,
-        last_n: int, seed: int, device, dtype=torch.float32, log=None, pixels=None) -> dict:
+        last_n: int, seed: int, device, dtype=torch.float32, log=None, pixels=None, on_eval=None,
+        eval_every: int = 0) -> dict:
     """The loop of one stage (train.py and the lab's ablations): freeze by the table, AdamW with the projection column at its
     own learning rate, warmup + cosine, clipping. `phases` [(examples, share of the steps)] run in order, each
     with a fresh optimizer and its own schedule (stage 2's curriculum; one phase otherwise). `pixels` (N, 3, H, W):
     run the frozen encoder every step instead of reading cached features (slow; for the bench). Returns the final
-    loss, the projection's gradient norm at the first step (> 0, or the image path is cut) and the training time."""
+    loss, the projection's gradient norm at the first step (> 0, or the image path is cut) and the training time.
+    `on_eval(step, vlm)` is called every `eval_every` steps of the last phase and after its last step (e.g. to keep
+    the best checkpoint); its time is not training time."""
     apply_freeze(vlm, stage, stage1_llm, last_n)
     proj_params = [p for p in connector_params(vlm) if p.requires_grad]
     llm_params = [p for p in vlm.llm.parameters() if p.requires_grad]
@@ -172,5 +178,10 @@ def fit(vlm, tok, phases, feats, stage: str, steps: int, batch: int, lr: float, 
             opt.step()
             if log is not None:
                 log.train_step(done + step, loss.item(), opt.param_groups[-1]["lr"], tokens=int((y != -100).sum()))
+            last_phase = done + n_steps == steps
+            if on_eval is not None and last_phase and eval_every and ((step + 1) % eval_every == 0 or step + 1 == n_steps):
+                t_eval = time.perf_counter()
+                on_eval(done + step + 1, vlm)
+                t0 += time.perf_counter() - t_eval
         done += n_steps
     return {"loss": loss.item(), "proj_grad0": grad0, "train_s": time.perf_counter() - t0}

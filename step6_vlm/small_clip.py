@@ -205,8 +205,9 @@ def linear_probe(train_feats, train_scenes, test_feats, test_scenes, combo_feats
 
 def train_clip(out=CLIP_DIR, steps: int = 1500, batch_pairs: int = 128, lr: float = 2e-3, width: int = 128,
                layers: int = 4, n_images: int = 8000, seed: int = 1337, device: str = "cpu", log=True,
-               splits=None, shape_twins: int = 3, extra_colors: float = 0.5) -> dict:
-    """Train, evaluate (retrieval + probe), save. Returns the metrics."""
+               splits=None, shape_twins: int = 3, extra_colors: float = 0.5, epochs: float | None = None) -> dict:
+    """Train, evaluate (retrieval + probe), save. Returns the metrics. With `epochs`, the steps are that many
+    passes over the contrastive pairs (each step draws `batch_pairs` of them)."""
     from transformers import CLIPModel
     out, t0 = pathlib.Path(out), time.perf_counter()
     seed_everything(seed)
@@ -216,6 +217,8 @@ def train_clip(out=CLIP_DIR, steps: int = 1500, batch_pairs: int = 128, lr: floa
     proc = new_image_processor(IMAGE_SIZE)
     sp = splits or world_splits(n_train=n_images, seed=seed)
     pairs, n_world = contrastive_pairs(sp, seed, shape_twins, extra_colors)
+    if epochs:
+        steps = max(1, round(epochs * len(pairs) / batch_pairs))
     scenes = [s for p in pairs for s in p]
     pix = preprocess(proc, [render_scene(s) for s in scenes])                    # (2N, 3, 63, 63)
     ids, mask = vocab.batch([describe_scene(s, "en") for s in scenes])            # (2N, L)

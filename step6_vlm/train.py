@@ -1,73 +1,88 @@
-"""Train the VLM in stages: 0 = small CLIP (only when no pretrained CLIP is at hand), 1 = pretrain
-(image → caption), 2 = SFT (image + question → answer; on the data world it starts with two short drills of
-questions, data.CURRICULUM). Which parameters learn is FREEZE_TABLE in model.py.
+"""Train the VLM in stages: 0 = a small CLIP (only when no vision encoder is at hand), 1 = pretrain (image →
+description), 2 = SFT (image + question → answer, descriptions among the questions). Which parameters learn in
+which stage is FREEZE_TABLE in model.py; every other choice is the recipe (recipe.RECIPE).
 
-    python train.py                              # runs the missing stages: clip → pretrain → sft (2-core CPU: 14–22 min)
+    python train.py                              # the missing stages: clip → pretrain → sft
     python train.py --stage sft                  # one stage
     python train.py --stages clip,pretrain,sft   # all, in order, even if they exist
+    python train.py --epochs 3                   # every stage for 3 epochs (see below) instead of the recipe's steps
     python train.py --quick                      # seconds-long smoke run (makes missing inputs)
+    python train.py --data llava.json | --data pictures/ | --data hf:NAME --split test --limit 1000
 
-The frozen encoder never changes, so each picture's features are computed once and cached (runs/feature_cache);
-later steps and later runs read them instead of running the encoder.
+An epoch is one pass over a stage's training examples: stage 0, the contrastive picture pairs; stage 1, the
+descriptions (two per picture, one per language); stage 2, the conversations of its final mix (the drills
+before it take their share of the same number of steps). With --data: one pass over the samples.
+
+The frozen encoder never changes, so each picture's features are computed once and cached (runs/feature_cache).
+Each stage keeps its last checkpoint (runs/vlm_<stage>) and, in <out>/best/, the one with the best score on
+validation pictures (neither trained on nor tested). Last line, one JSON object with the keys: stages_run,
+vqa_accuracy, vqa_accuracy_by_type, heldout_combo_accuracy, describe_f1, describe_exact, hallucination_rate,
+pretrain_describe_f1, pretrain_describe_exact, pretrain_hallucination_rate, init_from, wall_s (figures of a
+stage that did not run are read from its checkpoint, or null).
 """
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
 
 import random
 import time
-
-import torch
+from dataclasses import replace
 
 from common import RUNS_DIR
 from common.cli import course_parser, run
-from common.device import pick_device, pick_dtype, seed_everything
+from common.device import named_rng, pick_device, pick_dtype, seed_everything
 from common.errors import CourseError
 from common.training import RunLogger, print_summary
-from step6_vlm.data import (CURRICULUM, LAYOUTS, PAINT_SHARE, caption_conversations, eval_items, image_key, load_image,
-                            load_real_data, painted_scenes, sft_phases, world_splits)
-from step6_vlm.loop import caption_items, encode, fit, init_llm, oracle_features, score, world_features
-from step6_vlm.model import (DEFAULT_LAST_N, DEFAULT_STAGE1_LLM, STAGE1_LLM_CHOICES, VLM, VLMConfig, apply_freeze,
-                             image_token_id, load_vlm, save_vlm)
-from step6_vlm.vision import (CLIP_DIR, cached_features, default_vision_encoder, encoder_key, image_size,
-                              load_vision_encoder)
+from step6_vlm.data import (caption_conversations, eval_items, image_key, load_image, load_real_data,
+                            painted_scenes, sft_phases, world_splits)
+from step6_vlm.loop import encode, fit, init_llm, world_store
+from step6_vlm.model import STAGE1_LLM_CHOICES, VLM, VLMConfig, apply_freeze, image_token_id, load_vlm, save_vlm
+from step6_vlm.recipe import QUICK, RECIPE, StagePlan
+from step6_vlm.scoring import describe, score
+from step6_vlm.vision import CLIP_DIR, cached_features, default_vision_encoder, encoder_key, image_size, load_vision_encoder
 
 STAGES = ("clip", "pretrain", "sft")
-OUT = {"pretrain": RUNS_DIR / "vlm_pretrain", "sft": RUNS_DIR / "vlm_sft"}
-# steps, batch size, LLM lr, projection lr per stage on the data world: the configuration measured in the
-# README (a shared 2-core CPU). Longer runs (--max-steps, --epochs) are what a free machine should use.
-PLAN = {"pretrain": dict(steps=80, batch=64, lr=1e-3, proj_lr=2e-3),
-        "sft": dict(steps=2500, batch=32, lr=1e-3, proj_lr=1e-3)}
+VAL_IMAGES = 100  # validation pictures for choosing each stage's best checkpoint
 
 
 def parse():
     p = course_parser("Train the VLM: stage 0 CLIP, stage 1 pretrain, stage 2 SFT (训练视觉语言模型)", "device", "dtype",
-                      "epochs", "max_steps", "batch_size", "lr", "seed", "data", "init", "resume", "quick")
+                      "epochs", "max_steps", "batch_size", "lr", "seed", "data", "init", "quick")
     a = p.add_argument
     a("--stage", choices=STAGES, default=None, help="只跑一个阶段 run one stage")
+    a("--stages", default=None, help="按顺序运行 comma list, e.g. clip,pretrain,sft (default: the missing ones)")
     a("--runs", default=None, help="检查点目录 where the stages' checkpoints go: RUNS/clip, RUNS/vlm_pretrain, RUNS/vlm_sft "
       "(default runs/; there is no --out: this script writes up to three checkpoints)")
-    a("--stages", default=None, help="按顺序运行 comma list, e.g. clip,pretrain,sft (default: the missing ones)")
     a("--vision-encoder", default=None, help=f"视觉编码器 HF id or folder (default: openai/clip-vit-base-patch16 if cached, else {CLIP_DIR})")
-    a("--projector", default="linear", choices=("linear", "mlp"), help="投影层 linear (LLaVA-1, no bias) or mlp")
-    a("--image-tokens", default="all", choices=("all", "first", "mean"), help="图像token all patches / first patch / mean-pooled")
-    a("--image-positions", default="learned", choices=("none", "learned"), help="图像token位置向量 learned (one trained vector per image-token slot) / none (LLaVA)")
-    a("--layout", default="question-first", choices=LAYOUTS, help="<image> 放在问题之后 question-first / 之前 image-first (LLaVA)")
-    a("--feature-layer", type=int, default=-2, help="特征层 encoder layer whose patch states are used (LLaVA: -2)")
-    a("--stage1-llm", default=DEFAULT_STAGE1_LLM, choices=STAGE1_LLM_CHOICES, help="阶段1 LLM: frozen (default; LLaVA-1) / last_n layers (the lesson's table) / all")
-    a("--last-n", type=int, default=DEFAULT_LAST_N, help="阶段1 训练最后几层 LLM layers trained in stage 1")
-    a("--images", type=int, default=8000, help="训练图像数 training pictures of the data world")
-    a("--eval-images", type=int, default=400, help="评估图像数 held-out pictures (and 300 held-out combinations)")
+    a("--stage1-llm", default=None, choices=STAGE1_LLM_CHOICES, help=f"阶段1 LLM (recipe: {RECIPE.stage1_llm})")
+    a("--images", type=int, default=None, help=f"训练图像数 training pictures of the data world (recipe: {RECIPE.images})")
+    a("--eval-images", type=int, default=None, help=f"评估图像数 held-out pictures (recipe: {RECIPE.eval_images})")
     a("--cache-dir", default=None, help="特征缓存目录 where frozen features are cached (default runs/feature_cache)")
-    a("--no-curriculum", action="store_true", help="阶段2不先练 skip stage 2's two drills (colour/shape, then position questions) and train on the full mix from the first step")
-    a("--paint-share", type=float, default=PAINT_SHARE, help="异色重绘比例 share of training pictures drawn again in off-world paints for stage 2's shape questions (0: none)")
-    a("--oracle-features", action="store_true", help="调试：完美特征 replace the encoder's features by one-hot facts per cell (is the LLM the bottleneck?)")
-    a("--no-cache", action="store_true", help="不用特征缓存 run the frozen encoder on every step (slow; for the bench)")
+    a("--recipe", action="append", default=[], metavar="FIELD=VALUE", help="配方 change one field of recipe.RECIPE, "
+      "e.g. --recipe describe_p=0.5 --recipe sft.steps=1000 (repeatable)")
+    a("--split", default=None, help="--data hf:NAME 的数据划分 split (default: train, or the only one there is)")
+    a("--limit", type=int, default=None, help="--data hf:NAME 最多读多少行 at most this many rows")
+    a("--image-column", default=None, help="--data hf:NAME 的图片列 image column (default: image/img/jpg)")
+    a("--caption-column", default=None, help="--data hf:NAME 的描述列 caption column, a string or a list of strings "
+      "(default: caption/captions/text/sentences)")
     return p.parse_args()
 
 
+def recipe_of(args):
+    """The recipe with the command line's overrides (quick: the smoke-run recipe)."""
+    r = QUICK if args.quick else RECIPE
+    for item in args.recipe:
+        r = r.with_field(item)
+    r = replace(r, images=args.images or r.images, eval_images=args.eval_images or r.eval_images,
+                stage1_llm=args.stage1_llm or r.stage1_llm)
+    for stage in ("pretrain", "sft"):
+        pl = r.plan(stage)
+        r = replace(r, **{stage: StagePlan(args.max_steps or pl.steps, args.batch_size or pl.batch,
+                                           args.lr or pl.lr, pl.proj_lr * (args.lr or pl.lr) / pl.lr)})
+    return r.check()
+
+
 def stage_dir(args, stage: str) -> pathlib.Path:
-    """Where a stage's checkpoint lives: runs/vlm_<stage>, or under --runs."""
-    return pathlib.Path(args.runs) / f"vlm_{stage}" if args.runs else pathlib.Path(OUT[stage])
+    return pathlib.Path(args.runs or RUNS_DIR) / ("clip" if stage == "clip" else f"vlm_{stage}")
 
 
 def stage_list(args) -> list:
@@ -78,148 +93,132 @@ def stage_list(args) -> list:
         if bad:
             raise CourseError(f"unknown stage(s) {bad} in --stages; choose from {', '.join(STAGES)}")
         return args.stages.split(",")
-    missing = [s for s in STAGES if s != "clip" and not (stage_dir(args, s) / "config.json").is_file()]
+    missing = [s for s in ("pretrain", "sft") if not (stage_dir(args, s) / "config.json").is_file()]
     if missing == ["pretrain"]:
         missing = ["pretrain", "sft"]  # a new stage 1 makes the old stage 2 stale
-    needs_clip = (args.vision_encoder or default_vision_encoder()) == str(CLIP_DIR) and not (CLIP_DIR / "config.json").is_file()
-    return (["clip"] if needs_clip else []) + missing
-
-
-def train_stage(stage, vlm, tok, phases, feats, args, out, dev, dtype, evaluate) -> dict:
-    """One stage of train.py: its PLAN (or the command line's steps/batch/lr), progress bar, eval, checkpoint."""
-    plan = dict(PLAN[stage])
-    if args.quick:
-        plan.update(steps=12, batch=8)
-    steps, bs = args.max_steps or plan["steps"], args.batch_size or plan["batch"]
-    if args.epochs:
-        steps = max(1, int(args.epochs * sum(len(ex) for ex, _ in phases) / bs))
-    lr = args.lr or plan["lr"]
-    print(f"[{stage}] trainable parameters: {apply_freeze(vlm, stage, args.stage1_llm, args.last_n)}", file=sys.stderr)
-    log = RunLogger(out, steps, desc=f"stage {stage}")  # the checkpoint saved at the end keeps these logs
-    r = fit(vlm, tok, phases, feats, stage, steps, bs, lr, plan["proj_lr"] * lr / plan["lr"], args.stage1_llm,
-            args.last_n, args.seed, dev, dtype, log, args.pixels if args.no_cache else None)
-    metrics = {f"{stage}_steps": steps, f"{stage}_train_s": round(r["train_s"], 1), f"{stage}_final_loss": round(r["loss"], 4)}
-    metrics.update(evaluate(vlm))
-    log.eval(steps, **{k: v for k, v in metrics.items() if not isinstance(v, dict)})
-    log.close()
-    save_vlm(out, vlm, tok, f"vlm_{stage}", train_args=vars(args) | {"pixels": None}, metrics=metrics)
-    return metrics
+    # stage 0 is needed when the encoder to use is the course's own small CLIP and it is not there yet
+    own_clip = stage_dir(args, "clip") if args.runs else CLIP_DIR
+    needs_clip = not args.vision_encoder and (args.runs or default_vision_encoder() == str(CLIP_DIR))
+    return (["clip"] if needs_clip and not (own_clip / "config.json").is_file() else []) + missing
 
 
 def main():
     args = parse()
-    if args.resume:
-        raise CourseError("step 6 has no --resume: its stages are minutes long; rerun the stage instead")
     t_start = time.perf_counter()
     seed_everything(args.seed)
     dev = pick_device(args.device)
     dtype = pick_dtype(args.dtype, dev)
-    stages = stage_list(args)
-    if args.oracle_features and (args.data or args.no_cache):
-        raise CourseError("--oracle-features describes data-world pictures only; leave out --data and --no-cache")
-    if not 0 <= args.paint_share <= 1:
-        raise CourseError(f"--paint-share is a share of the training pictures: give a number from 0 to 1, not {args.paint_share}")
-    n_train, n_test, n_combo = (300, 40, 30) if args.quick else (args.images, args.eval_images, 300)
-    sp = world_splits(n_train, n_test, n_combo, seed=args.seed)
-    # repainted copies of training pictures (data.PAINT_SHARE) for stage 2; their features go after the world's splits
-    use_paint = "sft" in stages and not (args.oracle_features or args.data)
-    painted = painted_scenes(sp.train, args.paint_share, args.seed) if use_paint else []
+    recipe, stages = recipe_of(args), stage_list(args)
+    sp = world_splits(recipe.images, recipe.eval_images, recipe.combo_images, seed=args.seed,
+                      n_val=min(VAL_IMAGES, recipe.eval_images))
     summary = {"stages_run": stages}
     if "clip" in stages:
         from step6_vlm.small_clip import train_clip
-        m = train_clip(CLIP_DIR if not args.runs else pathlib.Path(args.runs) / "clip", **({"steps": 40} if args.quick else {}),
-                       n_images=n_train, seed=args.seed, device=args.device, splits=sp)
+        m = train_clip(stage_dir(args, "clip"), **({"steps": 40} if args.quick else {}), epochs=args.epochs,
+                       n_images=recipe.images, seed=args.seed, device=args.device, splits=sp)
         print(f"[clip] zero-shot retrieval {m['clip_retrieval_acc']:.1%}, linear probe {m['probe_layer_-2']}", file=sys.stderr)
         summary.update(m)
-    enc_name = args.vision_encoder or (str(pathlib.Path(args.runs) / "clip") if args.runs and "clip" in stages else default_vision_encoder())
+    enc_name = args.vision_encoder or (str(stage_dir(args, "clip")) if args.runs else default_vision_encoder())
     vision, proc = load_vision_encoder(enc_name, dev)
-    size = image_size(proc)
-    if args.oracle_features:  # the encoder is not run: only its width is kept, so the projection has its usual shape
-        feats = oracle_features(sp.train + sp.test + sp.combo, vision.config.hidden_size)
-        print("--oracle-features: each patch holds its cell's facts as one-hots (debugging: is the LLM the bottleneck?)", file=sys.stderr)
-    else:
-        feats, n_enc = world_features(vision, proc, sp.train + sp.test + sp.combo + painted, enc_name, args.feature_layer, size,
-                                      use_cache=not args.no_cache, cache_root=args.cache_dir)
-        print(f"features {tuple(feats.shape)} from {enc_name} ({n_enc} pictures encoded, the rest from the cache)", file=sys.stderr)
-    test_off, combo_off, painted_off = n_train, n_train + n_test, n_train + n_test + n_combo
-    real = load_real_data(args.data, args.layout) if args.data else None
-    if real:  # real images go through the same cache, keyed by file content, after the world's pictures
+    painted = painted_scenes(sp.train, recipe.paint_share, args.seed) if "sft" in stages and not args.data else []
+    # with --data the world's pictures are only looked at (validation and the held-out scores), never trained on
+    store, n_enc = world_store(vision, proc, {"train": [] if args.data else sp.train, "val": sp.val, "test": sp.test,
+                                              "combo": sp.combo, "painted": painted}, enc_name, recipe.feature_layer,
+                               image_size(proc), cache_root=args.cache_dir)
+    assert store.start.get("train", 0) == 0  # a training picture's index is its row: the data functions' indices hold
+    print(f"features {tuple(store.tensor.shape)} from {enc_name} ({n_enc} pictures encoded, the rest from the cache)",
+          file=sys.stderr)
+    real = load_real_data(args.data, recipe.layout, split=args.split, limit=args.limit, image_column=args.image_column,
+                          caption_column=args.caption_column) if args.data else None
+    if real:  # real images go through the same cache, keyed by their content
         keys = [image_key(r["image"]) for r in real]
         by_key = dict(zip(keys, (r["image"] for r in real)))
-        rfeats, n_enc = cached_features(vision, proc, keys, lambda k: by_key[k] if not isinstance(by_key[k], pathlib.Path)
-                                        else load_image(by_key[k]), encoder_key(enc_name, args.feature_layer),
-                                        args.feature_layer, **({"cache_root": args.cache_dir} if args.cache_dir else {}))
-        real_off, feats = len(feats), torch.cat([feats, rfeats])
+        feats, n_enc = cached_features(vision, proc, keys, lambda k: by_key[k] if not isinstance(by_key[k], pathlib.Path)
+                                       else load_image(by_key[k]), encoder_key(enc_name, recipe.feature_layer),
+                                       recipe.feature_layer, **({"cache_root": args.cache_dir} if args.cache_dir else {}))
+        store.add("real", feats)
         print(f"--data: {len(real)} samples ({n_enc} images encoded)", file=sys.stderr)
-    if args.no_cache:
-        from step6_vlm.data import render_scene
-        from step6_vlm.vision import preprocess
-        args.pixels = preprocess(proc, [render_scene(s, size) for s in sp.train + sp.test + sp.combo + painted])  # as feats
     gpt, tok, init_from = init_llm(args.init, args.quick)
-    image_token_id(tok)
     vc = vision.config
-    cfg = VLMConfig(enc_name, vc.hidden_size, feats.shape[1], size, image_token_id(tok), args.projector,
-                    args.image_tokens, args.feature_layer, args.image_positions, args.layout)
-    test_items = [dict(it, image=it["image"] + test_off) for it in eval_items(sp.test, args.seed)]
-    combo_items = [dict(it, image=it["image"] + combo_off) for it in eval_items(sp.combo, args.seed, combo=True)]
-    caps = [dict(it, image=it["image"] + test_off) for it in caption_items(sp.test, args.seed)]
-    rng = random.Random(args.seed)
-    outs = {s: stage_dir(args, s) for s in ("pretrain", "sft")}
+    cfg = VLMConfig(enc_name, vc.hidden_size, store.tensor.shape[1], image_size(proc), image_token_id(tok),
+                    recipe.projector, recipe.image_tokens, recipe.feature_layer, recipe.image_positions, recipe.layout)
+    items = {split: store.items(split, eval_items(getattr(sp, split), args.seed, combo=split == "combo"))
+             for split in ("val", "test", "combo")}
 
-    def evaluate(vlm):
-        vqa = score(vlm, tok, [it for it in test_items if it["type"] != "describe"], feats, dev)
-        combo = score(vlm, tok, [it for it in combo_items if it["type"] != "describe"], feats, dev)
-        desc = score(vlm, tok, [it for it in test_items if it["type"] == "describe"], feats, dev)
-        cap = score(vlm, tok, caps, feats, dev)
-        return {"vqa_accuracy": round(vqa["overall"], 4), "vqa_accuracy_by_type": vqa["by_type"],
-                "describe_accuracy": round(desc["overall"], 4), "caption_accuracy": round(cap["overall"], 4),
-                "heldout_combo_accuracy": round(combo["overall"], 4), "heldout_combo_by_type": combo["by_type"],
-                "vqa_questions": vqa["n"], "combo_questions": combo["n"]}
+    def evaluate(vlm, split="test") -> dict:
+        """Short answers by exact match; descriptions generated greedily and read back into things."""
+        short = [it for it in items[split] if it["type"] != "describe"]
+        desc = [it for it in items[split] if it["type"] == "describe"]
+        vqa = score(vlm, tok, short, store.tensor, dev)
+        _, d = describe(vlm, tok, [getattr(sp, split)[it["image"] - store.start[split]] for it in desc],
+                        [it["image"] for it in desc], [it["lang"] for it in desc], store.tensor, dev)
+        out = {"vqa_accuracy": round(vqa["overall"], 4), "vqa_accuracy_by_type": vqa["by_type"],
+               "describe_f1": round(d["f1"], 4), "describe_exact": round(d["exact"], 4),
+               "hallucination_rate": round(d["hallucination_rate"], 4)}
+        if split == "test":
+            combo = score(vlm, tok, [it for it in items["combo"] if it["type"] != "describe"], store.tensor, dev)
+            out.update(heldout_combo_accuracy=round(combo["overall"], 4), heldout_combo_by_type=combo["by_type"],
+                       vqa_questions=vqa["n"], describe_pictures=d["n"])
+        return out
 
-    vlm = None
+    def val_score(vlm) -> float:  # what "best" means: short answers and descriptions weigh the same
+        m = evaluate(vlm, "val")
+        return (m["vqa_accuracy"] + m["describe_f1"]) / 2
+
+    vlm, rng = None, named_rng(args.seed, "stage2 questions")
     for stage in [s for s in stages if s != "clip"]:
-        if stage == "pretrain" or vlm is None:
-            prev = outs["pretrain"]
-            if stage == "sft" and (prev / "config.json").is_file():
-                vlm, _, _ = load_vlm(prev, dev, with_vision=False, vision_encoder=enc_name)  # continue stage 1's model
-                print(f"[sft] starting from {prev}", file=sys.stderr)
-            else:
-                vlm = VLM(gpt, cfg).to(dev)
-                print(f"[{stage}] LLM from {init_from}", file=sys.stderr)
-            if args.no_cache:
-                vlm.vision = vision
+        prev = stage_dir(args, "pretrain")
+        if stage == "sft" and vlm is None and (prev / "config.json").is_file():
+            vlm, _, _ = load_vlm(prev, dev, with_vision=False, vision_encoder=enc_name)  # continue stage 1's model
+            print(f"[sft] starting from {prev}", file=sys.stderr)
+        elif vlm is None or stage == "pretrain":
+            vlm = VLM(gpt, cfg).to(dev)
+            print(f"[{stage}] LLM from {init_from}", file=sys.stderr)
         if real:
-            convs = [(real_off + i, r["messages"]) for i, r in enumerate(real)]
+            phases = [(store.items("real", [(i, r["messages"]) for i, r in enumerate(real)]), 1.0)]
         elif stage == "pretrain":
-            convs = caption_conversations(sp.train, vlm.config.layout)
-        if real or stage == "pretrain":
-            phases = [(convs, 1.0)]
-        else:  # the lookup drills, then about 3 one-question conversations per picture
-            drills = () if args.no_curriculum else CURRICULUM
-            phases = sft_phases(sp.train, rng, vlm.config.layout, drills,
-                                [(painted_off + i, s) for i, s in enumerate(painted)])
-            for (types, _), (convs, share) in zip(drills, phases):
-                print(f"[sft] drill: {share:.0%} of the steps on {len(convs)} {'/'.join(types)} questions",
-                      file=sys.stderr)
-            print(f"[sft] then the full mix: {phases[-1][1]:.0%} of the steps on {len(phases[-1][0])} conversations",
-                  file=sys.stderr)
-            if painted:
-                print(f"[sft] each phase with shape questions includes one about each of {len(painted)} repainted pictures "
-                      f"(off-world paints, --paint-share {args.paint_share})", file=sys.stderr)
-        phases = [(encode(vlm, tok, c), share) for c, share in phases]
-        m = train_stage(stage, vlm, tok, phases, feats, args, outs[stage], dev, dtype, evaluate)
+            phases = [(caption_conversations(sp.train, recipe.layout, named_rng(args.seed, "stage1 prompts")), 1.0)]
+        else:  # the lookup drills, then the full mix with descriptions among the questions
+            phases = sft_phases(sp.train, rng, recipe.layout, recipe.curriculum, recipe.describe_p,
+                                store.items("painted", list(enumerate(painted))))
+        phases = [(encode(vlm, tok, convs), share) for convs, share in phases]
+        plan = recipe.plan(stage)
+        steps = (max(1, round(args.epochs * len(phases[-1][0]) / plan.batch / phases[-1][1])) if args.epochs
+                 else plan.steps)
+        out = stage_dir(args, stage)
+        print(f"[{stage}] {steps} steps × {plan.batch}; trainable parameters: "
+              f"{apply_freeze(vlm, stage, recipe.stage1_llm, recipe.last_n)}", file=sys.stderr)
+        log = RunLogger(out, steps, desc=f"stage {stage}")  # the checkpoint saved at the end keeps these logs
+        best = {}
+
+        def keep_best(step, model):
+            s = val_score(model)
+            log.eval(step, val_score=round(s, 4))
+            if s > best.get("score", -1.0):
+                best.update(score=s, step=step)
+                save_vlm(out / "best", model, tok, f"vlm_{stage}", metrics={"val_score": round(s, 4), "step": step})
+
+        r = fit(vlm, tok, phases, store.tensor, stage, steps, plan.batch, plan.lr, plan.proj_lr, recipe.stage1_llm,
+                recipe.last_n, args.seed, dev, dtype, log, on_eval=keep_best, eval_every=max(1, steps // 4))
+        m = {"steps": steps, "train_s": round(r["train_s"], 1), "final_loss": round(r["loss"], 4),
+             "best_step": best.get("step"), **evaluate(vlm)}
+        log.eval(steps, **{k: v for k, v in m.items() if not isinstance(v, dict)})
+        log.close()
+        save_vlm(out, vlm, tok, f"vlm_{stage}", train_args=vars(args) | {"recipe": recipe.to_dict()}, metrics=m)
         print(f"[{stage}] held-out VQA {m['vqa_accuracy']:.1%} {m['vqa_accuracy_by_type']}  held-out combinations "
-              f"{m['heldout_combo_accuracy']:.1%} {m['heldout_combo_by_type']}  captions {m['caption_accuracy']:.1%}  "
-              f"describe {m['describe_accuracy']:.1%}", file=sys.stderr)
-        summary.update({f"pretrain_{k}" if stage == "pretrain" and not k.startswith(stage) else k: v for k, v in m.items()})
-    if vlm is None:  # nothing was missing: report the existing final checkpoint
-        vlm, _, _ = load_vlm(outs["sft"], dev, with_vision=False, vision_encoder=enc_name)
-        print(f"every stage exists ({outs['sft']}); pass --stages pretrain,sft to train again", file=sys.stderr)
-        summary.update(evaluate(vlm))
-    if "caption_accuracy" not in summary and "pretrain_caption_accuracy" in summary:
-        summary["caption_accuracy"] = summary["pretrain_caption_accuracy"]
-    summary["wall_s"] = round(time.perf_counter() - t_start, 1)
-    print_summary(**summary)
+              f"{m['heldout_combo_accuracy']:.1%}  descriptions F1 {m['describe_f1']:.1%}, exactly right "
+              f"{m['describe_exact']:.1%}, hallucinated {m['hallucination_rate']:.1%}", file=sys.stderr)
+        summary.update({("pretrain_" if stage == "pretrain" else "") + k: v for k, v in m.items()})
+    for stage, pre in (("pretrain", "pretrain_"), ("sft", "")):  # figures of stages that did not run now
+        if pre + "describe_f1" not in summary and (stage_dir(args, stage) / "config.json").is_file():
+            from common.checkpoint import load_checkpoint
+            old = load_checkpoint(stage_dir(args, stage)).metrics
+            summary.update({pre + k: old.get(k) for k in ("vqa_accuracy", "describe_f1", "describe_exact",
+                                                           "hallucination_rate")})
+    keys = ("vqa_accuracy", "vqa_accuracy_by_type", "heldout_combo_accuracy", "describe_f1", "describe_exact",
+            "hallucination_rate", "pretrain_describe_f1", "pretrain_describe_exact", "pretrain_hallucination_rate")
+    print_summary(**{k: summary.get(k) for k in keys}, **{k: v for k, v in summary.items() if k not in keys},
+                  init_from=str(init_from), wall_s=round(time.perf_counter() - t_start, 1))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Checks of the evaluation tools: the evaluator on hand-made predictions (with hallucination counting), the debug tool's
+"""Checks of the evaluation tools: the evaluator on hand-made predictions (descriptions read back into things), the debug tool's
 figures on a tiny model, and that each stage-1 freeze choice trains what it claims."""
 import sys
 
@@ -9,8 +9,9 @@ from common.errors import CourseError
 from common.world import COLORS, SHAPES, SIZES, Thing
 from step6_vlm.debug import (asked_cell_attention, debug_batch, examples_for, last_query_attention,
                              loss_mask_lines)
-from step6_vlm.eval import accuracy_by_type, check_answer, generate_answers, hallucination_stats, mentions, write_eval_md
+from step6_vlm.eval import accuracy_by_type, write_eval_md
 from step6_vlm.loop import collate, fit
+from step6_vlm.scoring import description_scores, generate_answers
 from step6_vlm.tests.conftest import make_vlm
 
 C = {c.en: c for c in COLORS}
@@ -25,38 +26,38 @@ SCENE = [Thing(C["red"], S["circle"], BIG, 0, 0), Thing(C["blue"], S["star"], BI
 def test_accuracy_by_type_on_hand_made_predictions():
     items = [{"type": "color", "answer": "红色"}, {"type": "color", "answer": "blue"},
              {"type": "shape", "answer": "star"}, {"type": "count", "answer": "2个"},
-             {"type": "position", "answer": "top left"}, {"type": "describe", "answer": "There are 2 shapes."}]
-    preds = ["红色", "red", " star ", "3个", "top left", "There are 2 shapes."]
-    acc = accuracy_by_type(items, preds)
-    assert acc["by_type"] == {"color": 0.5, "shape": 1.0, "count": 0.0, "position": 1.0, "describe": 1.0}
-    assert acc["vqa_accuracy"] == 0.6          # 3 of the 5 short answers; descriptions are reported apart
+             {"type": "position", "answer": "top left"}]
+    acc = accuracy_by_type(items, ["红色", "red", " star ", "3个", "top left"])
+    assert acc["by_type"] == {"color": 0.5, "shape": 1.0, "count": 0.0, "position": 1.0} and acc["overall"] == 0.6
     with pytest.raises(CourseError):
-        accuracy_by_type(items, preds[:-1])
+        accuracy_by_type(items, ["红色"])
 
 
-def test_mentions_prefer_longest_forms():
-    assert mentions("a star at the top left, not a start") == [("shape", "star"), ("position", (0, 0))]
-    assert mentions("左上是一个红色圆形，下方是星形") == [("position", (0, 0)), ("color", "red"), ("shape", "circle"),
-                                                       ("position", (2, 1)), ("shape", "star")]
-    assert ("count", 3) in mentions("There are 3 shapes") and ("count", 1) in mentions("There is 1 shape")
-    assert ("count", 4) in mentions("图中有4个图形：")
+def test_description_is_read_back_into_things():
+    """The parser inverts the world's caption in both languages, for every scene shape the world draws."""
+    import random
+    from common.world import describe_scene, parse_description, random_scene, scene_facts
+    rng = random.Random(0)
+    for _ in range(300):
+        s = random_scene(rng)
+        for lang in ("zh", "en"):
+            assert parse_description(describe_scene(s, lang)) == (len(s), scene_facts(s))
+    assert parse_description("There is at the top left.") == (None, [None])   # said something, nothing parses
+    assert parse_description("") == (None, [])
 
 
-def test_hallucination_counting():
+def test_description_scores_on_hand_made_answers():
     truth_zh = "图中有2个图形：左上是一个大的红色圆形，中间是一个大的蓝色星形。"
-    ok = check_answer(truth_zh, SCENE)
-    assert ok["mentions"] == 7 and ok["hallucinated"] == [] and ok["objects"] == 2 and ok["wrong_objects"] == 0
-    # made up: a 3rd shape, a green colour, a square, the bottom-right cell; the blue star put at the top left
-    bad = "There are 3 shapes: a green square at the bottom right and a blue star at the top left."
-    r = check_answer(bad, SCENE)
-    assert sorted(r["hallucinated"], key=str) == sorted([("count", 3), ("color", "green"), ("shape", "square"),
-                                                         ("position", (2, 2))], key=str)
-    assert r["mentions"] == 7 and r["objects"] == 2 and r["wrong_objects"] == 2
-    assert check_answer("粉色的圆形", SCENE)["hallucinated"] == [("color", "pink")]  # a word the pictures never use
-    st = hallucination_stats([truth_zh, bad], [SCENE, SCENE])
-    assert st["mentions"] == 14 and st["hallucinated"] == 4 and st["hallucination_rate"] == round(4 / 14, 4)
-    assert st["answers_with_hallucination"] == 0.5 and st["object_error_rate"] == 0.5
-    assert st["hallucinated_by_kind"] == {"count": 1, "color": 1, "shape": 1, "position": 1}
+    # one right thing, one wrong (the star put at the top right), one invented, one unparsable piece; count wrong
+    bad = "There are 3 shapes: a big red circle at the top left, a big blue star at the top right, a small green square at the bottom and a big red blob"
+    s = description_scores([truth_zh, bad, "3"], [SCENE, SCENE, SCENE])
+    # said: 2 + 4 + 1 (the bare "3" is one unparsable piece); right: 2 + 1; true: 6
+    assert s["precision"] == pytest.approx(3 / 7) and s["recall"] == pytest.approx(3 / 6)
+    assert s["f1"] == pytest.approx(2 * (3 / 7) * 0.5 / (3 / 7 + 0.5))
+    assert s["exact"] == pytest.approx(1 / 3) and s["hallucination_rate"] == pytest.approx(4 / 7)
+    assert s["count_accuracy"] == pytest.approx(1 / 3)
+    twice = "图中有2个图形：左上是一个大的红色圆形，左上是一个大的红色圆形。"   # a true thing said twice counts once
+    assert description_scores([twice], [SCENE])["precision"] == 0.5
 
 
 def test_generation_and_table(tok, tmp_path):
@@ -66,11 +67,14 @@ def test_generation_and_table(tok, tmp_path):
     qs = [(0, "描述这张图片"), (1, "Describe this image."), (1, "描述这张图片")]   # the model places <image> itself
     out = generate_answers(vlm, tok, qs, feats, max_new_tokens=5)
     assert len(out) == 3 and all(isinstance(a, str) for a in out)
-    res = {"pretrain": {"descriptions": ["short", "x", "y"]}, "sft": {"descriptions": ["long | text", "z", "w"]}}
-    md = write_eval_md(tmp_path, [SCENE, SCENE], qs, res, n_rows=2, header="# t")
+    desc = [{"image": i, "question": q, "lang": "zh" if q.startswith("描") else "en"} for i, q in qs]
+    res = {st: {"descriptions": d, "describe": description_scores(d, [SCENE] * 3)}
+           for st, d in (("pretrain", ["short", "x", "y"]), ("sft", ["long | text", "z", "w"]))}
+    md = write_eval_md(tmp_path, [SCENE, SCENE], desc, res, n_rows=2, header="# t")
     text = md.read_text()
     assert text.count("<img src=") == 2 and (tmp_path / "images" / "000.png").is_file()
     assert "long / text" in text and "Pretrain_vlm 阶段1 输出" in text and "左上是一个大的红色圆形" in text
+    assert "| **F1** | 3 张图 | 0.0% | 0.0% | |" in text and "mean length" in text
 
 
 def test_eval_missing_checkpoint_names_the_command(tmp_path, monkeypatch):

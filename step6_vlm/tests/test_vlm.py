@@ -186,11 +186,13 @@ def test_missing_stages_are_looked_up_under_runs(tmp_path, monkeypatch):
     for stage in ("pretrain", "sft"):
         (tmp_path / "runs" / f"vlm_{stage}").mkdir(parents=True)
         (tmp_path / "runs" / f"vlm_{stage}" / "config.json").write_text("{}")
-        monkeypatch.setitem(T.OUT, stage, tmp_path / "runs" / f"vlm_{stage}")
+    monkeypatch.setattr(T, "RUNS_DIR", tmp_path / "runs")
     args = argparse.Namespace(stage=None, stages=None, runs=None, vision_encoder="some/clip")
     assert T.stage_list(args) == []
     args.runs = str(tmp_path / "elsewhere")
     assert T.stage_list(args) == ["pretrain", "sft"]
+    args.vision_encoder = None   # the course's own CLIP, not under --runs yet: stage 0 first
+    assert T.stage_list(args) == ["clip", "pretrain", "sft"]
 
 
 @pytest.mark.parametrize("stage1_llm", ["last_n", "frozen", "all"])
@@ -327,7 +329,8 @@ def test_short_seeded_run_learns_colors(tok, clip_dir, tmp_path):
     """Random-init tiny CLIP + tiny GPT, ~15 s: colour answers well above chance (1/8)."""
     from common.device import seed_everything
     from step6_vlm.data import eval_items, question, user_turn, world_splits
-    from step6_vlm.loop import batches, collate, encode, score, world_features
+    from step6_vlm.loop import batches, collate, encode, world_features
+    from step6_vlm.scoring import score
     from step6_vlm.vision import load_vision_encoder
     seed_everything(0)
     sp = world_splits(600, 60, 10, seed=3)
@@ -374,9 +377,11 @@ def test_cli_bad_inputs_give_one_line(tmp_path):
              "--runs", str(tmp_path), "--cache-dir", str(tmp_path / "cache"))
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "offline" in lines[0] and "Traceback" not in r.stderr
-    r = _cli("step6_vlm/train.py", "--quick", "--stage", "sft", "--paint-share", "1.5", "--runs", str(tmp_path))
+    r = _cli("step6_vlm/train.py", "--quick", "--stage", "sft", "--recipe", "paint_share=1.5", "--runs", str(tmp_path))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "error: --paint-share is a share of the training pictures: give a number from 0 to 1, not 1.5"]
+        "error: --recipe paint_share is a share: give a number from 0 to 1, not 1.5"]
+    r = _cli("step6_vlm/train.py", "--quick", "--recipe", "sft.stepz=3", "--runs", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[0].startswith("error: --recipe 'sft.stepz=3': give FIELD=VALUE")
     r = _cli("step6_vlm/train_clip.py", "--quick", "--extra-colors", "2", "--out", str(tmp_path / "clip"))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: --extra-colors is a share of the training scenes: give a number from 0 to 1, not 2.0"]
@@ -488,8 +493,56 @@ def test_painted_pictures_keep_everything_but_the_paint_and_are_asked_only_shape
 
     offset = 10_000   # the repainted pictures' features come after the world's splits
     (cs, _), (pos, _), (full, _) = sft_phases(scenes, random.Random(0), "question-first", CURRICULUM,
-                                              [(offset + i, p) for i, p in enumerate(painted)])
+                                              painted=[(offset + i, p) for i, p in enumerate(painted)])
     assert [sum(i >= offset for i, _ in ph) for ph in (cs, pos, full)] == [200, 0, 200]   # shape phases only
     for i, (q, a) in [(i, m) for i, m in full if i >= offset]:
         asked = [t for t in painted[i - offset] if t.position[0] in q["content"] or f"at the {t.position[1]}?" in q["content"]]
         assert len(asked) == 1 and not asked[0].color.en and a["content"] in asked[0].shape   # a repainted thing's shape
+
+
+def _saved_hf_dataset(path, captions, split="test"):
+    """A Hugging Face image–caption dataset saved like `save_to_disk` does, offline: one split only, as flickr30k."""
+    import datasets
+    images = [Image.new("RGB", (32, 32), (40 * i, 100, 200)) for i in range(len(captions))]
+    ds = datasets.Dataset.from_dict({"image": images, "caption": captions},
+                                    features=datasets.Features({"image": datasets.Image(),
+                                                                "caption": datasets.Sequence(datasets.Value("string"))}))
+    datasets.DatasetDict({split: ds}).save_to_disk(str(path))
+    return path
+
+
+def test_hf_dataset_saved_locally_loads_offline(tmp_path):
+    from step6_vlm.data import load_real_data
+    path = _saved_hf_dataset(tmp_path / "flickr", [["a dog runs", "a brown dog"], ["two cats"], ["a red car"]])
+    rows = load_real_data([f"hf:{path}"], limit=2)           # no --split: the only split there is ("test")
+    assert len(rows) == 2 and rows[0]["messages"][1]["content"] == "a dog runs"   # the first of a caption list
+    assert isinstance(rows[0]["image"], Image.Image) and "<image>" in rows[0]["messages"][0]["content"]
+    with pytest.raises(CourseError, match="splits"):
+        load_real_data([f"hf:{path}"], split="train")
+    with pytest.raises(CourseError, match="no caption column 'text'.*--caption-column"):
+        load_real_data([f"hf:{path}"], caption_column="text")
+    empty = _saved_hf_dataset(tmp_path / "empty", [["fine"], [""]])
+    with pytest.raises(CourseError, match="row 1 has an empty caption"):
+        load_real_data([f"hf:{empty}"])
+    with pytest.raises(CourseError, match="network or a local copy"):
+        load_real_data(["hf:no-such-user/no-such-dataset"])
+
+
+@pytest.mark.slow
+def test_real_pictures_train_end_to_end(clip_dir, tmp_path):
+    """A folder of real images with captions.json through stage 1 and a saved HF dataset through stage 2."""
+    import json
+    (tmp_path / "pics").mkdir()
+    caps = {}
+    for i in range(6):
+        Image.new("RGB", (48, 40), (30 * i, 200 - 20 * i, 90)).save(tmp_path / "pics" / f"p{i}.png")
+        caps[f"p{i}.png"] = f"a picture painted in shade {i}"
+    (tmp_path / "pics" / "captions.json").write_text(json.dumps(caps))
+    hf = _saved_hf_dataset(tmp_path / "hf", [["a blue picture"], ["a green one"]])
+    common = ["--quick", "--eval-images", 10, "--runs", tmp_path / "runs", "--vision-encoder", clip_dir,
+              "--cache-dir", tmp_path / "cache"]
+    for args in (["--stage", "pretrain", "--data", tmp_path / "pics"], ["--stage", "sft", "--data", f"hf:{hf}"]):
+        r = _cli("step6_vlm/train.py", *map(str, common + args))
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "--data: " in r.stderr and json.loads(r.stdout.strip().splitlines()[-1])["wall_s"] > 0
+    assert (tmp_path / "runs" / "vlm_sft" / "config.json").is_file()
