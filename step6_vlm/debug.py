@@ -24,6 +24,7 @@ from common.cli import course_parser, run
 from common.device import pick_device, seed_everything
 from common.training import print_summary
 from step6_vlm.data import caption_messages, qa_examples, user_turn, world_splits
+from step6_vlm.recipe import RECIPE  # the freeze train.py uses, so the checks see the same gradients
 from step6_vlm.loop import collate, encode
 from step6_vlm.model import VLM, VLMConfig, apply_freeze, image_token_id, load_vlm
 
@@ -74,7 +75,7 @@ def loss_mask_lines(tok, x: torch.Tensor, y: torch.Tensor, image_id: int) -> lis
 
 
 def debug_batch(vlm: VLM, tok, examples, feats: torch.Tensor, stage: str = "pretrain", lr: float = 1e-3,
-                stage1_llm: str = "last_n", last_n: int = 2, device="cpu") -> dict:
+                stage1_llm: str = RECIPE.stage1_llm, last_n: int = RECIPE.last_n, device="cpu") -> dict:
     """The image-path figures for one batch of encoded examples [(image_index, ids, labels)] and features (N, P, D).
     Takes one AdamW step on what the freeze table trains, so the projection's change is measured too."""
     img = vlm.config.image_token_id
