@@ -23,7 +23,7 @@ import copy
 import json
 import random
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -33,20 +33,22 @@ from common.cli import course_parser, run
 from common.device import pick_device, seed_everything
 from common.errors import CourseError
 from common.training import print_summary
-from step6_vlm.data import (CURRICULUM, PAINT_SHARE, caption_conversations, cell_labels, eval_items, painted_scenes,
+from step6_vlm.data import (PAINT_SHARE, caption_conversations, cell_labels, eval_items, painted_scenes,
                             sft_phases, world_splits)
 from step6_vlm.debug import with_image_loss
 from step6_vlm.loop import encode, fit, init_llm
 from step6_vlm.scoring import describe, score
-from step6_vlm.model import DEFAULT_LAST_N, DEFAULT_STAGE1_LLM, VLM, VLMConfig, image_token_id
+from step6_vlm.model import VLM, VLMConfig, image_token_id
+from step6_vlm.recipe import RECIPE, StagePlan
 
 # Short runs: same learning rates and batch as train.py, a fifth of its stage-2 steps, so all rows fit in
 # 18–29 minutes on the shared 2-core CPU (82–186 s a row, by how busy it is). Every row is then far from converged:
 # compare rows, not the baseline with train.py's figure. --sft-steps 2500 for converged numbers.
-PLAN = {"pretrain": dict(steps=40, batch=32, lr=1e-3, proj_lr=2e-3), "sft": dict(steps=500, batch=32, lr=1e-3, proj_lr=1e-3)}
-QUICK_PLAN = {"pretrain": dict(steps=4, batch=8, lr=1e-3, proj_lr=2e-3), "sft": dict(steps=6, batch=8, lr=1e-3, proj_lr=1e-3)}
+ABLATE = replace(RECIPE, pretrain=StagePlan(40, 32, 1e-3, 2e-3), sft=StagePlan(500, 32, 1e-3, 1e-3))
+QUICK_ABLATE = replace(ABLATE, pretrain=StagePlan(4, 8, 1e-3, 2e-3), sft=StagePlan(6, 8, 1e-3, 1e-3))
 
-# name: (group, what changes, overrides). Overrides: VLMConfig fields, stage1_llm, image_loss, stages, curriculum, paint.
+# name: (group, what changes, overrides). Overrides are recipe fields (replace(recipe, ...)), plus two of the lab's
+# own: image_loss (a loss on image positions too) and stages (which stages run). paint_share is the recipe's or 0.
 CONFIG_OVERRIDES = ("image_tokens", "projector", "image_positions", "layout")
 VARIANTS = {
     "baseline":      ("", "baseline: all patches, linear, positions, question first, stage 1 = projection only, lookup drill", {}),
@@ -60,7 +62,7 @@ VARIANTS = {
     "image_first":   ("5 the lookup", "image before the question (LLaVA layout)", {"layout": "image-first"}),
     "no_positions":  ("5 the lookup", "no learned image positions (LLaVA)", {"image_positions": "none"}),
     "no_curriculum": ("5 the lookup", "stage 2 without the lookup drills (full mix from the first step)", {"curriculum": ()}),
-    "no_paint":      ("6 colour apart from shape", "no repainted pictures in stage 2", {"paint": False}),
+    "no_paint":      ("6 colour apart from shape", "no repainted pictures in stage 2", {"paint_share": 0.0}),
 }
 # the order rows are run in (most telling first, so a stopped run has measured what matters most)
 ORDER = ["baseline", "no_curriculum", "no_paint", "first", "mean", "image_first", "no_positions", "image_loss", "stage1_last_n",
@@ -76,16 +78,21 @@ BASELINE_LABEL = {"1 image tokens": "all patches (LLaVA, baseline)", "2 loss on 
                   "6 colour apart from shape": f"{PAINT_SHARE:.0%} of the pictures also repainted, asked their shapes (baseline)"}
 
 
+def row_recipe(recipe, overrides: dict):
+    """The recipe of one row: the ablations' recipe with the row's recipe fields changed."""
+    return replace(recipe, **{k: v for k, v in overrides.items() if k in {f.name for f in fields(recipe)}})
+
+
 def build_variant(gpt, cfg: VLMConfig, overrides: dict) -> VLM:
     """A fresh VLM for one row: a copy of the start LLM (rows never share weights) and the row's config."""
-    fields = {k: v for k, v in overrides.items() if k in CONFIG_OVERRIDES}
-    return VLM(copy.deepcopy(gpt), replace(cfg, **fields))
+    return VLM(copy.deepcopy(gpt), replace(cfg, **{k: v for k, v in overrides.items() if k in CONFIG_OVERRIDES}))
 
 
 def run_variant(name: str, ctx: dict) -> dict:
     """Train one row (stage 1 on captions, stage 2 on questions) and score it on held-out pictures."""
     _, _, ov = VARIANTS[name]
-    tok, feats, dev, sp, plan = ctx["tok"], ctx["feats"], ctx["device"], ctx["splits"], ctx["plan"]
+    tok, feats, dev, sp = ctx["tok"], ctx["feats"], ctx["device"], ctx["splits"]
+    recipe = row_recipe(ctx["recipe"], ov)
     vlm = build_variant(ctx["gpt"], ctx["cfg"], ov).to(dev)
     stages = ov.get("stages", ("pretrain", "sft"))
     rng = random.Random(ctx["seed"])
@@ -94,19 +101,19 @@ def run_variant(name: str, ctx: dict) -> dict:
         if stage == "pretrain":
             phases = [(caption_conversations(sp.train, vlm.config.layout), 1.0)]
         else:
-            phases = sft_phases(sp.train, rng, vlm.config.layout, ov.get("curriculum", CURRICULUM),
-                                painted=ctx["painted"] if ov.get("paint", True) else ())
+            phases = sft_phases(sp.train, rng, vlm.config.layout, recipe.curriculum, recipe.describe_p,
+                                painted=ctx["painted"] if recipe.paint_share else ())
         phases = [(encode(vlm, tok, convs), share) for convs, share in phases]
         if ov.get("image_loss"):
             phases = [(with_image_loss(ex, vlm.config.image_token_id), share) for ex, share in phases]
-        p = dict(plan[stage])
+        p = recipe.plan(stage)
         if len(stages) == 1:  # one stage gets the steps of both, so it is not simply trained less
-            p["steps"] = plan["pretrain"]["steps"] + plan["sft"]["steps"]
-        r = fit(vlm, tok, phases, feats, stage, p["steps"], p["batch"], p["lr"], p["proj_lr"], ov.get("stage1_llm", DEFAULT_STAGE1_LLM),
-                DEFAULT_LAST_N, ctx["seed"], dev)
+            p = replace(p, steps=recipe.pretrain.steps + recipe.sft.steps)
+        r = fit(vlm, tok, phases, feats, stage, p.steps, p.batch, p.lr, p.proj_lr, recipe.stage1_llm, recipe.last_n,
+                ctx["seed"], dev)
         out[f"{stage}_proj_grad0"] = round(r["proj_grad0"], 5)
         out[f"{stage}_final_loss"] = round(r["loss"], 4)
-        print(f"  [{name}] {stage}: {p['steps']} steps in {r['train_s']:.0f} s, final loss {r['loss']:.3f}", file=sys.stderr)
+        print(f"  [{name}] {stage}: {p.steps} steps in {r['train_s']:.0f} s, final loss {r['loss']:.3f}", file=sys.stderr)
         if stage == "pretrain":
             out["pretrain_describe_f1"] = round(describe_f1(vlm, tok, ctx, dev), 4)
     vqa = score(vlm, tok, ctx["items"], feats, dev)
@@ -152,7 +159,7 @@ def command(name: str, quick: bool) -> str:
     return f"python step6_vlm/lab/ablate.py --only {name}" + (" --quick" if quick else "")
 
 
-def table(results: dict, quick: bool, machine: str, probe: dict | None = None, plan: dict | None = None) -> str:
+def table(results: dict, quick: bool, machine: str, probe: dict | None = None, recipe=None) -> str:
     """Markdown: one block per ablation, the baseline repeated as each block's reference row."""
     types = ("color", "shape", "count", "position")
     pre = []
@@ -164,11 +171,11 @@ def table(results: dict, quick: bool, machine: str, probe: dict | None = None, p
                          ("all", "all patches (LLaVA)")):
             pre.append(f"| {label} | {1 if m != 'all' else 'P'} | " + " | ".join(f"{probe[m][t]:.1%}" for t in types) + " |")
         pre.append("")
-    if plan:
-        pre.append(f"Training per row: stage 1 {plan['pretrain']['steps']} steps × {plan['pretrain']['batch']}, stage 2 "
-                   f"{plan['sft']['steps']} steps × {plan['sft']['batch']} (one stage: {plan['pretrain']['steps'] + plan['sft']['steps']} "
-                   f"SFT steps), all rows from the same LLM and seed.\n")
-    head = ("| ablation | setting | VQA | " + " | ".join(types) + " | describe | held-out combos | combos: shape | stage-1 captions "
+    if recipe:
+        a, b = recipe.pretrain, recipe.sft
+        pre.append(f"Training per row: stage 1 {a.steps} steps × {a.batch}, stage 2 {b.steps} steps × {b.batch} (one stage: "
+                   f"{a.steps + b.steps} SFT steps), all rows from the same LLM and seed.\n")
+    head = ("| ablation | setting | VQA | " + " | ".join(types) + " | describe F1 | held-out combos | combos: shape | stage-1 describe F1 "
             "| proj. grad (1st step) | train s | command |")
     lines = pre + [f"Measured on {machine}; held-out pictures, exact match of the greedy answer.", "", head,
              "|" + "---|" * (head.count("|") - 1)]
@@ -192,7 +199,7 @@ def setup(args, dev) -> dict:
     """Start LLM, frozen features of train + held-out pictures (from the cache), and the evaluation sets."""
     if args.quick:
         from step6_vlm.debug import quick_parts
-        n_train, n_test, n_combo, plan = 32, 8, 8, copy.deepcopy(QUICK_PLAN)
+        n_train, n_test, n_combo, recipe = 32, 8, 8, QUICK_ABLATE
         sp = world_splits(n_train, n_test, n_combo, seed=args.seed)
         painted = painted_scenes(sp.train, PAINT_SHARE, args.seed)
         tok, gpt, cfg, feats = quick_parts(sp.train + sp.test + sp.combo + painted, dev, args.seed)
@@ -203,7 +210,7 @@ def setup(args, dev) -> dict:
         gpt, tok, src = init_llm(args.init)
         enc = args.vision_encoder or default_vision_encoder()
         vision, proc = load_vision_encoder(enc, dev)
-        n_train, n_test, n_combo, plan = args.images, args.eval_images, args.eval_images // 2, copy.deepcopy(PLAN)
+        n_train, n_test, n_combo, recipe = args.images, args.eval_images, args.eval_images // 2, ABLATE
         # the splits exactly as train.py draws them (400 + 300 held out), so the training pictures and their
         # cached features are the same; the evaluation uses the first n_test / n_combo held-out pictures
         sp = world_splits(n_train, max(400, n_test), max(300, n_combo), seed=args.seed)
@@ -213,15 +220,13 @@ def setup(args, dev) -> dict:
         vc = vision.config
         cfg = VLMConfig(enc, vc.hidden_size, feats.shape[1], image_size(proc), image_token_id(tok))
     for stage, flag in (("pretrain", args.pretrain_steps), ("sft", args.sft_steps)):
-        if flag:
-            plan[stage]["steps"] = flag
-        if args.batch_size:
-            plan[stage]["batch"] = args.batch_size
+        p = recipe.plan(stage)
+        recipe = replace(recipe, **{stage: replace(p, steps=flag or p.steps, batch=args.batch_size or p.batch)})
     t_off, c_off, p_off = n_train, n_train + n_test, n_train + n_test + n_combo
     held = sp.train + sp.test
     probe = {m: probe_ceiling(feats[:len(held)], held, n_train, m) for m in ("first", "mean", "all")}
     items = [dict(it, image=it["image"] + t_off) for it in eval_items(sp.test, args.seed)]
-    return {"tok": tok, "gpt": gpt, "cfg": cfg, "feats": feats, "device": dev, "splits": sp, "plan": plan,
+    return {"tok": tok, "gpt": gpt, "cfg": cfg, "feats": feats, "device": dev, "splits": sp, "recipe": recipe,
             "painted": [(p_off + i, s) for i, s in enumerate(painted)],
             "seed": args.seed, "src": src, "probe": probe, "items": [it for it in items if it["type"] != "describe"],
             "describe": [it for it in items if it["type"] == "describe"],
@@ -236,8 +241,8 @@ def main():
     p.add_argument("--only", default=None, help=f"只跑这些行 comma list of rows: {', '.join(VARIANTS)}")
     p.add_argument("--images", type=int, default=8000, help="训练图像数 training pictures (as train.py: features come from its cache)")
     p.add_argument("--eval-images", type=int, default=200, help="评估图像数 held-out pictures (and half as many held-out combinations)")
-    p.add_argument("--pretrain-steps", type=int, default=None, help=f"阶段1步数 (default {PLAN['pretrain']['steps']})")
-    p.add_argument("--sft-steps", type=int, default=None, help=f"阶段2步数 (default {PLAN['sft']['steps']})")
+    p.add_argument("--pretrain-steps", type=int, default=None, help=f"阶段1步数 (default {ABLATE.pretrain.steps})")
+    p.add_argument("--sft-steps", type=int, default=None, help=f"阶段2步数 (default {ABLATE.sft.steps})")
     p.add_argument("--vision-encoder", default=None, help="视觉编码器 (default: as train.py)")
     p.add_argument("--machine", default="2-core CPU", help="机器 how to name this machine in the table")
     args = p.parse_args()
@@ -255,8 +260,8 @@ def main():
     results = json.loads(saved.read_text()) if saved.is_file() and args.only else {}  # --only adds rows to the table
     if "baseline" not in names and "baseline" not in results:  # every block compares against the baseline
         names.insert(0, "baseline")
-    print(f"ablations from {ctx['src']}, features {tuple(ctx['feats'].shape)}, steps {ctx['plan']['pretrain']['steps']}"
-          f" + {ctx['plan']['sft']['steps']}", file=sys.stderr)
+    print(f"ablations from {ctx['src']}, features {tuple(ctx['feats'].shape)}, steps {ctx['recipe'].pretrain.steps}"
+          f" + {ctx['recipe'].sft.steps}", file=sys.stderr)
     for n in names:
         seed_everything(args.seed)  # every row starts from the same random state
         results[n] = r = run_variant(n, ctx)
@@ -264,15 +269,15 @@ def main():
               f"({r['train_s']:.0f} s)", file=sys.stderr)
         saved.write_text(json.dumps(results | {"probe": ctx["probe"]}, indent=1))  # a stopped run keeps what it measured
         (out / "ablation.md").write_text(table({k: v for k, v in results.items() if k in VARIANTS}, args.quick, args.machine,
-                                               ctx["probe"], ctx["plan"]), encoding="utf-8")
+                                               ctx["probe"], ctx["recipe"]), encoding="utf-8")
     results["probe"] = ctx["probe"]
-    md = table({k: v for k, v in results.items() if k in VARIANTS}, args.quick, args.machine, ctx["probe"], ctx["plan"])
+    md = table({k: v for k, v in results.items() if k in VARIANTS}, args.quick, args.machine, ctx["probe"], ctx["recipe"])
     (out / "ablation.md").write_text(md, encoding="utf-8")
     print(md, file=sys.stderr)
     print_summary(rows={n: {k: r[k] for k in ("vqa_accuracy", "by_type", "heldout_combo_accuracy", "train_s")}
                         | {k: v for k, v in r.items() if k.endswith(("proj_grad0", "pretrain_describe_f1"))}
                         for n, r in results.items() if n in VARIANTS}, probe_ceiling=ctx["probe"],
-                  plan=ctx["plan"], table=str(out / "ablation.md"), wall_s=round(time.perf_counter() - t0, 1))
+                  recipe=ctx["recipe"].to_dict(), table=str(out / "ablation.md"), wall_s=round(time.perf_counter() - t0, 1))
 
 
 if __name__ == "__main__":

@@ -57,9 +57,11 @@ def test_one_stage_row_skips_stage_one(tok):
     base = make_vlm(tok)
     sp = world_splits(6, 2, 0, seed=1)
     items = [dict(it, image=it["image"] + 6) for it in eval_items(sp.test, 1)]
-    plan = {s: dict(steps=1, batch=2, lr=1e-3, proj_lr=1e-3) for s in ("pretrain", "sft")}
+    from dataclasses import replace
+    from step6_vlm.recipe import RECIPE, StagePlan
+    recipe = replace(RECIPE, pretrain=StagePlan(1, 2, 1e-3, 1e-3), sft=StagePlan(1, 2, 1e-3, 1e-3))
     ctx = {"tok": tok, "gpt": base.llm, "cfg": base.config, "feats": torch.randn(8, 9, 32), "device": "cpu", "splits": sp,
-           "plan": plan, "seed": 0, "painted": [], "items": [i for i in items if i["type"] != "describe"],
+           "recipe": recipe, "seed": 0, "painted": [], "items": [i for i in items if i["type"] != "describe"],
            "describe": [i for i in items if i["type"] == "describe"], "combo": [],
            "describe_scenes": [sp.test[it["image"] - 6] for it in items if it["type"] == "describe"]}
     one, two = run_variant("one_stage", ctx), run_variant("baseline", ctx)
