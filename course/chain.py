@@ -39,7 +39,7 @@ class Bar:
     def value(self, summaries):
         v = summaries[self.run]
         for part in self.key.split("."):
-            v = v[part] if isinstance(v, dict) else None
+            v = v.get(part) if isinstance(v, dict) else None
         return v
 
     def passed(self, v) -> bool:
@@ -110,8 +110,6 @@ STEPS = (
          needs=("vlm_sft",), makes=("vlm_numeric",), optional=True,
          bars=(Bar("<num> head: in range, relaxed (within 5%)", 1, "num_head_in_range_relaxed", ">=", 0.95, "{:.1%}"),)),
 )
-BY_NAME = {s.name: s for s in STEPS}
-MAKER = {folder: s.name for s in STEPS for folder in s.makes}
 
 
 def shown_path(path: Path) -> str:
@@ -156,12 +154,17 @@ def last_json(text: str) -> dict:
     raise CourseError("the command printed no JSON summary as its last line")
 
 
-def run_step(step: Step, device: str, quick: bool, log) -> dict:
-    """Run the step's commands; return its record (summaries, figures, pass/fail, seconds, when it finished)."""
+def check_inputs(step: Step, steps=STEPS) -> None:
+    """A step whose input is missing is refused before it starts, naming the target that makes the input."""
+    maker = {folder: s.name for s in steps for folder in s.makes}
     missing = [f for f in step.needs if not has_artifact(f)]
     if missing:
         raise CourseError(f"{step.name} needs {shown_path(RUNS_DIR / missing[0])}, which is missing: make it with "
-                          f"`make {MAKER.get(missing[0], missing[0])}`")
+                          f"`make {maker.get(missing[0], missing[0])}`")
+
+
+def run_step(step: Step, device: str, quick: bool, log) -> dict:
+    """Run the step's commands; return its record (summaries, figures, pass/fail, seconds, when it finished)."""
     t0, summaries, commands = time.perf_counter(), [], []
     for cmd in step.commands:
         argv = [sys.executable, str(REPO_ROOT / cmd[0]), *(a() if callable(a) else a for a in cmd[1:])]
@@ -178,7 +181,7 @@ def run_step(step: Step, device: str, quick: bool, log) -> dict:
                 raise CourseError((said or [f"exit status {r.returncode}"])[-1].removeprefix("error: "))
             summaries.append(last_json(r.stdout))
         except CourseError as e:
-            raise CourseError(f"{step.name} stopped: {cmd[0]}: {e} — fix it, then `make course` resumes here "
+            raise CourseError(f"{step.name} stopped: {cmd[0]}: {e}; fix it, then `make course` resumes here "
                               f"(`make {step.name}` runs this step alone; log: {shown_path(Path(log.name))})") from None
     figures = []
     for b in step.bars:
@@ -237,6 +240,7 @@ def main(argv=None, steps=STEPS):
                 print(line_of(records[step.name]) + "   (done earlier; --force redoes it)", flush=True)
                 continue
             print(f"==> {step.name} again: {why}", flush=True)
+        check_inputs(step, steps)
         log_path = COURSE_DIR / f"{step.name}.log"
         print(f"==> {step.name}: {step.title}   (log: {shown_path(log_path)})", flush=True)
         with open(log_path, "w", encoding="utf-8") as log:
