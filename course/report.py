@@ -15,7 +15,7 @@ from pathlib import Path
 from common import REPO_ROOT, RUNS_DIR
 from common.files import atomic_write_text
 
-STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+STYLE = """body{font-family:system-ui,"Noto Sans CJK SC","PingFang SC","Microsoft YaHei",sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{margin-bottom:0}.meta{color:#555}section{border-top:1px solid #ddd;margin-top:2em;padding-top:.5em}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
 .pass{color:#1a7f37;font-weight:600}.fail{color:#cf222e;font-weight:600}.note{color:#9a6700}img{max-width:100%}
@@ -196,13 +196,15 @@ def vlm_view(rec) -> str:
         proc = load_image_processor(vlm.config.vision_encoder)
         said[s] = {(p.name, q): answer(vlm, tok, proc, load_image(p), q, max_new_tokens=80)
                    for p in pictures for q in VLM_PROMPTS}
-    rows = []
-    for p in pictures:
-        for j, q in enumerate(VLM_PROMPTS):
-            rows.append(((img(p, 126) if j == 0 else ""), esc(q), *(esc(said[s][p.name, q]) for s in stages)))
     titles = {"vlm_pretrain": "Pretrain_vlm (stage 1, runs/vlm_pretrain)", "vlm_sft": "SFT_vlm (stage 2, runs/vlm_sft)"}
+    body = []
+    for p in pictures:  # one row per prompt, the picture beside them all
+        for j, q in enumerate(VLM_PROMPTS):
+            pic = f'<td rowspan="{len(VLM_PROMPTS)}">{img(p, 126)}</td>' if j == 0 else ""
+            body.append(f"<tr>{pic}<td>{esc(q)}</td>" + "".join(f"<td>{esc(said[s][p.name, q])}</td>" for s in stages) + "</tr>")
+    head = "".join(f"<th>{esc(h)}</th>" for h in ("picture", "prompt", *(titles[s] for s in stages)))
     return "<h4>the lesson's pictures (step6_vlm/eval_images), greedy answers</h4>" + \
-        table(("picture", "prompt", *(titles[s] for s in stages)), rows)
+        f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
 def flat(d: dict, prefix="") -> list:
