@@ -67,9 +67,12 @@ class Step:
     needs: tuple = ()                 # runs/<folder> checkpoints it reads
     makes: tuple = ()                 # runs/<folder> checkpoints it writes
     bars: tuple = ()
-    quick_args: tuple = ("--quick",)  # added to every command with --quick
+    quick_args: tuple | dict = ("--quick",)  # added to every command with --quick, or {script: args} (default --quick)
     device_flag: bool = True          # whether its commands take --device
     optional: bool = False            # skipped, not failed, when its first script does not exist
+
+    def quick_for(self, script: str) -> tuple:
+        return self.quick_args.get(script, ("--quick",)) if isinstance(self.quick_args, dict) else self.quick_args
 
     def present(self) -> bool:
         return (REPO_ROOT / self.commands[0][0]).is_file()
@@ -108,6 +111,7 @@ STEPS = (
                Bar("wall time of the default CPU run, stages 0–2 (s)", 0, "wall_s", "<=", 900.0, "{:.0f}"))),
     Step("numeric", "Numeric tokens", (("step6_vlm/numeric/train.py",), ("step6_vlm/numeric/eval.py",)),
          needs=("vlm_sft",), makes=("vlm_numeric",), optional=True,
+         quick_args={"step6_vlm/numeric/eval.py": ("--limit", "20")},  # eval.py has no --quick: fewer samples
          bars=(Bar("<num> head: in range, relaxed (within 5%)", 1, "num_head_in_range_relaxed", ">=", 0.95, "{:.1%}"),)),
 )
 
@@ -168,7 +172,7 @@ def run_step(step: Step, device: str, quick: bool, log) -> dict:
     t0, summaries, commands = time.perf_counter(), [], []
     for cmd in step.commands:
         argv = [sys.executable, str(REPO_ROOT / cmd[0]), *(a() if callable(a) else a for a in cmd[1:])]
-        argv += (["--device", device] if step.device_flag else []) + (list(step.quick_args) if quick else [])
+        argv += (["--device", device] if step.device_flag else []) + (list(step.quick_for(cmd[0])) if quick else [])
         commands.append(" ".join([cmd[0], *argv[2:]]))
         log.write(f"\n$ {commands[-1]}\n")
         log.flush()

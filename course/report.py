@@ -57,6 +57,10 @@ def pct(v) -> str:
     return "—" if v is None else f"{v:.1%}"
 
 
+def shown(v) -> str:
+    return "—" if v is None else str(v)
+
+
 def figures_table(rec: dict) -> str:
     rows = [(esc(f["label"]), esc(f["shown"]), esc(f["bar"]), verdict(f["passed"])) for f in rec["figures"]]
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(rec["finished"])) if rec.get("finished") else "?"
@@ -152,8 +156,8 @@ def rlhf_view(rec) -> str:
                 ("SFT", "verifiable accuracy (held-out stories)", pct(s.get("sft_verifiable_accuracy"))),
                 ("GRPO (runs/rlhf)", "verifiable accuracy (held-out stories)", pct(s.get("grpo_verifiable_accuracy"))),
                 ("GRPO (runs/rlhf)", "gain over SFT", "—" if s.get("grpo_gain") is None else f"{s['grpo_gain']:+.1%}"),
-                ("GRPO (runs/rlhf)", "KL to SFT per answer", esc(s.get("kl_to_sft"))),
-                ("GRPO (runs/rlhf)", "mean answer length (tokens)", esc(s.get("answer_tokens")))]
+                ("GRPO (runs/rlhf)", "KL to SFT per answer", esc(shown(s.get("kl_to_sft")))),
+                ("GRPO (runs/rlhf)", "mean answer length (tokens)", esc(shown(s.get("answer_tokens"))))]
         out.append("<h4>SFT against the aligned models</h4>" + table(("model", "measure", "value"), rows))
     prompts = story_prompts(6, 1337, "heldout")
     answers = {}
@@ -216,11 +220,16 @@ def flat(d: dict, prefix="") -> list:
 
 
 def numeric_view(rec) -> str:
-    """The numeric lesson's eval figures (its last JSON line), digits-as-text beside the <num> head."""
+    """The numeric lesson's eval (its last JSON line): the <num> head beside digits as text, in and out of range."""
     if rec is None:
         return ""
-    rows = [(esc(k), esc(json.dumps(v, ensure_ascii=False))) for k, v in flat(rec["summaries"][-1])]
-    return "<h4>step6_vlm/numeric/eval.py</h4>" + table(("figure", "value"), rows)
+    s = rec["summaries"][-1]
+    rows = [(esc(f"{split.replace('_', ' ')}: {metric}"), *(esc(shown(s.get(f"{v}_{split}_{metric}"))) for v in ("num_head", "digits")))
+            for split in ("in_range", "out_of_range") for metric in ("relaxed", "mae", "exact")]
+    rest = [(esc(k), esc(json.dumps(v, ensure_ascii=False))) for k, v in flat(s)
+            if not k.startswith(("num_head_", "digits_"))]
+    return "<h4>step6_vlm/numeric/eval.py</h4>" + table(("measure", "<num> head", "digits as text"), rows) + \
+        (table(("figure", "value"), rest) if rest else "")
 
 
 # step → (title of the view, function of the step's record or None).
