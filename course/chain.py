@@ -109,7 +109,7 @@ STEPS = (
                Bar("hallucinated things (share of described things)", 0, "hallucination_rate", "<=", 0.02, "{:.1%}"),
                Bar("stage 1 alone (Pretrain_vlm): description F1", 0, "pretrain_describe_f1", ">=", 0.80, "{:.1%}"),
                Bar("wall time of the default CPU run, stages 0–2 (s)", 0, "wall_s", "<=", 900.0, "{:.0f}"))),
-    Step("numeric", "Numeric tokens", (("step6_vlm/numeric/train.py",), ("step6_vlm/numeric/eval.py",)),
+    Step("numeric", "Numeric tokens", (("step6_vlm/numeric/train.py", "--init", runs("vlm_sft")), ("step6_vlm/numeric/eval.py",)),
          needs=("vlm_sft",), makes=("vlm_numeric",), optional=True,
          quick_args={"step6_vlm/numeric/eval.py": ("--limit", "20")},  # eval.py has no --quick: fewer samples
          bars=(Bar("<num> head: in range, relaxed (within 5%)", 1, "num_head_in_range_relaxed", ">=", 0.95, "{:.1%}"),)),
