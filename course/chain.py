@@ -16,7 +16,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import REPO_ROOT, RUNS_DIR
@@ -43,7 +43,7 @@ class Bar:
         return v
 
     def passed(self, v) -> bool:
-        if v is None:
+        if not isinstance(v, (int, float)):   # missing (None) or not a number: the bar is not met
             return False
         return {">=": v >= self.bar, "<=": v <= self.bar, "==": v == self.bar}[self.op]
 
@@ -190,7 +190,8 @@ def run_step(step: Step, device: str, quick: bool, log) -> dict:
     figures = []
     for b in step.bars:
         v = b.value(summaries)
-        figures.append({"label": b.label, "value": v, "shown": "—" if v is None else b.fmt.format(v),
+        shown = "—" if v is None else b.fmt.format(v) if isinstance(v, (int, float)) else str(v)
+        figures.append({"label": b.label, "value": v, "shown": shown,
                         "bar": f"{b.op} {b.fmt.format(b.bar)}", "passed": b.passed(v)})
     return {"step": step.name, "title": step.title, "seconds": round(time.perf_counter() - t0, 1), "quick": quick,
             "commands": commands, "device": device, "finished": time.time(), "summaries": summaries,
@@ -248,7 +249,10 @@ def main(argv=None, steps=STEPS):
         log_path = COURSE_DIR / f"{step.name}.log"
         print(f"==> {step.name}: {step.title}   (log: {shown_path(log_path)})", flush=True)
         with open(log_path, "w", encoding="utf-8") as log:
-            rec = run_step(step, args.device, args.quick, log)
+            try:
+                rec = run_step(step, args.device, args.quick, log)
+            except KeyboardInterrupt:   # Ctrl-C: one line, not a traceback; the finished steps keep their records
+                raise CourseError(f"interrupted in {step.name}; `make course` resumes there") from None
         atomic_write_text(COURSE_DIR / f"{step.name}.json", json.dumps(rec, ensure_ascii=False, indent=1))
         ran.append(rec)
         print(line_of(rec), flush=True)

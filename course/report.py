@@ -281,10 +281,11 @@ def versions() -> str:
 
 
 def write_report(path=None, steps=None) -> Path:
-    import torch
     from course.chain import COURSE_DIR, STEPS, load_records, machine, stale_reason
     steps = steps or STEPS
-    torch.set_grad_enabled(False)
+    if any(s.name in VIEWS for s in steps):  # the views only generate: no graph for backward
+        import torch
+        torch.set_grad_enabled(False)
     path = Path(path or COURSE_DIR / "report.html")
     meta_file = COURSE_DIR / "run.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}

@@ -74,6 +74,19 @@ def test_a_killed_run_resumes_at_the_step_it_was_in(tmp_path):
     assert "(done earlier" in out.splitlines()[0] and "==> b" in out and "==> c" in out
 
 
+def test_ctrl_c_is_one_line_that_says_where_to_resume(tmp_path, one_line_error):
+    (tmp_path / "hold-b").touch()
+    p = start(tmp_path)
+    deadline = time.time() + 60
+    while not (tmp_path / "ran-b").exists():
+        assert time.time() < deadline and p.poll() is None, p.communicate()
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    one_line_error(subprocess.CompletedProcess([], p.returncode, out, err), "interrupted in b; `make course` resumes there")
+    assert (tmp_path / "course" / "a.json").is_file() and not (tmp_path / "course" / "b.json").exists()
+
+
 def test_a_step_is_redone_when_one_it_builds_on_ran_again(tmp_path):
     assert chain(tmp_path)[0] == 0
     assert chain(tmp_path, "--only", "a")[0] == 0          # `make a`: only a
