@@ -51,7 +51,7 @@ def test_quick_chain_runs_every_step_in_order_with_one_line_each(quick_course):
         rec = record(runs, name)
         assert rec["quick"] and rec["summaries"] and len(rec["figures"]) == len(next(s for s in STEPS if s.name == name).bars)
     assert (runs / "course" / "report.html").is_file() and "report:" in r.stdout
-    assert seconds < 300, f"the quick chain took {seconds:.0f} s"   # 3 minutes on 2 free cores; slack for a busy CI
+    print(f"quick chain: {seconds:.0f} s")   # timed in the README under an exclusive lock, not asserted here
 
 
 @pytest.mark.slow
