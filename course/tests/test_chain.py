@@ -84,7 +84,7 @@ def test_each_step_starts_from_the_artifact_the_step_before_made(quick_course):
     llm = {k.removeprefix("llm."): v for k, v in vlm.items() if k.startswith("llm.")}
     assert llm.keys() == rlhf.keys()
     moved = sum(float((llm[k] - rlhf[k]).norm()) for k in rlhf) / sum(float(v.norm()) for v in rlhf.values())
-    assert moved < 0.5, moved   # step 6 makes it 0 (frozen) to 0.07 (after stage 2); a fresh LLM would be about 1 away
+    assert moved < 0.2, moved   # measured: 0 (stage 1 frozen), 0.07 after quick stage 2; a fresh init is 0.58 away
 
 
 @pytest.mark.slow
