@@ -281,7 +281,7 @@ def versions() -> str:
 
 
 def write_report(path=None, steps=None) -> Path:
-    from course.chain import COURSE_DIR, STEPS, load_records, machine, stale_reason
+    from course.chain import COURSE_DIR, STEPS, has_artifact, load_records, machine, stale_reason
     steps = steps or STEPS
     if any(s.name in VIEWS for s in steps):  # the views only generate: no graph for backward
         import torch
@@ -294,7 +294,9 @@ def write_report(path=None, steps=None) -> Path:
     rows = []
     for s in steps:
         rec = records.get(s.name)
-        result = "not run" if rec is None else verdict(rec["passed"]) + (" (out of date)" if stale[s.name] else "")
+        earlier = any(has_artifact(f) for f in s.makes)
+        result = ("not run" + (" (its earlier checkpoints are shown)" if earlier else "")) if rec is None else \
+            verdict(rec["passed"]) + (" (out of date)" if stale[s.name] else "")
         shown = [f"{esc(f['shown'])} {verdict(f['passed'], '✓', '✗')}" for f in rec["figures"]] if rec else []
         rows.append((f'<a href="#{s.name}">{esc(s.name)} · {esc(s.title)}</a>',
                      f"{rec['seconds']:.0f} s" if rec else "—", result, " · ".join(shown)))
