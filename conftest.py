@@ -75,3 +75,28 @@ def one_line_error():
         assert result.returncode == 2 and err.startswith("error:") and "Traceback" not in err, (where, err)
         assert words in err and len(err.strip().splitlines()) == 1, (where, err)
     return check
+
+
+@pytest.fixture
+def headless_chrome():
+    """Make headless Chromium drivers (selenium): `drv = headless_chrome(900, 700)`; each is closed after the test.
+    Skipped where Chromium or chromedriver is not installed (selenium itself is in requirements.txt)."""
+    import shutil
+    binary = next((b for b in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if b), None)
+    driver_path = shutil.which("chromedriver")
+    if not binary or not driver_path:
+        pytest.skip("no Chromium and chromedriver installed (Debian: apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    made = []
+
+    def make(width: int = 900, height: int = 700):
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = binary
+        for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--window-size={width},{height}"):
+            opts.add_argument(a)
+        made.append(webdriver.Chrome(service=Service(driver_path), options=opts))
+        return made[-1]
+    yield make
+    for drv in made:
+        drv.quit()

@@ -3,7 +3,6 @@ endpoint, every bad input as an OpenAI-shaped 4xx, concurrent clients, a text-on
 import base64
 import io
 import json
-import shutil
 import struct
 import subprocess
 import sys
@@ -284,15 +283,6 @@ def test_cli_says_which_command_makes_a_missing_checkpoint(tmp_path):
     assert r.stderr.startswith("error: no checkpoint at") and "step6_vlm/train.py" in r.stderr, r.stderr
 
 
-def browser():
-    """(chromium, chromedriver) paths, or a plain reason to skip (selenium itself is in requirements.txt)."""
-    found = [shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")]
-    binary, driver = next((b for b in found if b), None), shutil.which("chromedriver")
-    if not binary or not driver:
-        pytest.skip("no Chromium and chromedriver installed (Debian: apt-get install chromium chromium-driver)")
-    return binary, driver
-
-
 def finished_reply(drv, wait, n):
     """The text of the n-th answer bubble once its stream has ended (a failed request shows its error, not a timeout)."""
     from selenium.webdriver.common.by import By
@@ -302,53 +292,43 @@ def finished_reply(drv, wait, n):
     return bubble.text
 
 
-def test_browser_page_uploads_a_picture_and_streams_the_answer(servers):
+def test_browser_page_uploads_a_picture_and_streams_the_answer(servers, headless_chrome):
     """Headless Chromium: the page shows the model, previews the picture, and its streamed answers equal the
     API's non-streamed ones for the same conversation (the picture exactly as the page encoded it)."""
-    binary, driver_path = browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     from common import RUNS_DIR
     url = servers["vlm"]
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = binary
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=900,700"):
-        opts.add_argument(a)
-    drv = webdriver.Chrome(service=Service(driver_path), options=opts)
-    try:
-        drv.get(url + "/")
-        wait = WebDriverWait(drv, 15)
-        wait.until(lambda d: "vlm_sft" in d.find_element(By.ID, "model").text)
-        drv.find_element(By.ID, "image").send_keys(str(TEST_JPG))
-        preview = drv.find_element(By.ID, "preview")
-        wait.until(lambda d: (preview.get_attribute("src") or "").startswith("data:image/jpeg;base64,"))
-        picture = preview.get_attribute("src")
-        assert base64.b64decode(picture.split(",", 1)[1]) == TEST_JPG.read_bytes() and preview.is_displayed()
-        box = drv.find_element(By.ID, "prompt")
-        box.clear()
-        box.send_keys("what shape is it?")
-        drv.find_element(By.ID, "send").click()
-        first = finished_reply(drv, wait, 1)
-        history = [image_msg("what shape is it?", picture)]
-        assert first == ask(url, history)["choices"][0]["message"]["content"] == TAUGHT["what shape is it?"]
-        assert drv.find_element(By.CSS_SELECTOR, ".msg.user img").get_attribute("src") == picture
-        assert not preview.is_displayed()   # the picture went with the question
-        box.send_keys("数一数")   # a second turn: the history goes along, the answer streams into a new bubble
-        drv.find_element(By.ID, "send").click()
-        second = finished_reply(drv, wait, 2)
-        history += [{"role": "assistant", "content": first}, {"role": "user", "content": "数一数"}]
-        assert second and second == ask(url, history)["choices"][0]["message"]["content"]
-        shot = RUNS_DIR / "serve" / "browser_test.png"
-        shot.parent.mkdir(parents=True, exist_ok=True)
-        assert drv.save_screenshot(str(shot))
-        from PIL import Image
-        with Image.open(shot) as im:
-            lo, hi = im.convert("L").getextrema()
-            assert im.size[0] >= 600 and hi - lo > 100, (im.size, lo, hi)   # a drawn page, not a blank one
-    finally:
-        drv.quit()
+    drv = headless_chrome(900, 700)
+    drv.get(url + "/")
+    wait = WebDriverWait(drv, 15)
+    wait.until(lambda d: "vlm_sft" in d.find_element(By.ID, "model").text)
+    drv.find_element(By.ID, "image").send_keys(str(TEST_JPG))
+    preview = drv.find_element(By.ID, "preview")
+    wait.until(lambda d: (preview.get_attribute("src") or "").startswith("data:image/jpeg;base64,"))
+    picture = preview.get_attribute("src")
+    assert base64.b64decode(picture.split(",", 1)[1]) == TEST_JPG.read_bytes() and preview.is_displayed()
+    box = drv.find_element(By.ID, "prompt")
+    box.clear()
+    box.send_keys("what shape is it?")
+    drv.find_element(By.ID, "send").click()
+    first = finished_reply(drv, wait, 1)
+    history = [image_msg("what shape is it?", picture)]
+    assert first == ask(url, history)["choices"][0]["message"]["content"] == TAUGHT["what shape is it?"]
+    assert drv.find_element(By.CSS_SELECTOR, ".msg.user img").get_attribute("src") == picture
+    assert not preview.is_displayed()   # the picture went with the question
+    box.send_keys("数一数")   # a second turn: the history goes along, the answer streams into a new bubble
+    drv.find_element(By.ID, "send").click()
+    second = finished_reply(drv, wait, 2)
+    history += [{"role": "assistant", "content": first}, {"role": "user", "content": "数一数"}]
+    assert second and second == ask(url, history)["choices"][0]["message"]["content"]
+    shot = RUNS_DIR / "serve" / "browser_test.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    assert drv.save_screenshot(str(shot))
+    from PIL import Image
+    with Image.open(shot) as im:
+        lo, hi = im.convert("L").getextrema()
+        assert im.size[0] >= 600 and hi - lo > 100, (im.size, lo, hi)   # a drawn page, not a blank one
 
 
 def test_bench_serve_reports_its_documented_keys_and_concurrent_answers_match(ckpts, tmp_path):
