@@ -9,8 +9,11 @@ A number in the text is one `<num>` token plus its value (processor.py). Two sma
   regression head     hidden state → 1, read where the model predicts `<num>` as the next token: the same position
                       whose logits choose `<num>` also says its value. Loss = cross-entropy + α · MSE there.
 Values are scaled by a signed log, sign(v)·log(1 + |v|), in fp32: 1e6 becomes 13.8, so no value overflows bf16 or
-blows up a gradient, and an error is relative (5% of 10 weighs like 5% of 1000). When generating, the head's value
-of a `<num>` is fed back as the numeric embedding of that position, as the true value is in training.
+blows up a gradient, and an error is relative (5% of 10 weighs like 5% of 1000). Then standardised by the training
+values' mean and spread of that log (two buffers, set by train.py, saved with the weights): the MLP sees inputs of
+order 1 and the head predicts targets of order 1 from its first step (started at 0, it would spend its first
+thousand Adam steps only walking its bias to log(50) ≈ 3.9). The MSE is in those standard units. When generating,
+the head's value of a `<num>` is fed back as the numeric embedding of that position, as the true value is in training.
 """
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # repo root: common/ and earlier steps
@@ -51,6 +54,20 @@ class NumericVLM(nn.Module):
         nn.init.zeros_(self.num_embed[2].weight)   # starts as a no-op: the LLM first sees its usual <num>
         nn.init.zeros_(self.num_embed[2].bias)
         self.num_head = nn.Linear(C, 1)
+        self.register_buffer("num_center", torch.zeros(()))   # mean of scale(v) over the training values
+        self.register_buffer("num_spread", torch.ones(()))    # their standard deviation
+
+    def set_value_stats(self, values) -> None:
+        s = scale(torch.as_tensor(values, dtype=torch.float32))
+        self.num_center.fill_(float(s.mean()))
+        self.num_spread.fill_(max(float(s.std()), 1e-3) if len(s) > 1 else 1.0)
+
+    def standard(self, values) -> torch.Tensor:
+        """values → standard units: (scale(v) − center) / spread, fp32."""
+        return (scale(values) - self.num_center) / self.num_spread
+
+    def from_standard(self, z) -> torch.Tensor:
+        return unscale(z.float() * self.num_spread + self.num_center)
 
     def numeric_params(self) -> list:
         return [*self.num_embed.parameters(), *self.num_head.parameters()]
@@ -66,12 +83,12 @@ class NumericVLM(nn.Module):
         emb = None if image_features is None else self.vlm.image_embeds(image_features)
         x = self.vlm.splice(input_ids, emb)                                   # (B, T, C)
         is_num = (input_ids == self.num_id)[..., None]                        # (B, T, 1)
-        nv = self.num_embed(scale(values)[..., None])                         # (B, T, C), fp32 input
+        nv = self.num_embed(self.standard(values)[..., None])                 # (B, T, C), fp32 input
         return torch.where(is_num, x + nv.to(x.dtype), x)
 
     def forward(self, input_ids, values, targets=None, target_values=None, image_features=None, alpha: float = 1.0):
         """targets (B, T) shifted as in step 6 (−100: no loss); target_values (B, T) the value of targets that are
-        `<num>`. Returns a dict: logits (B, T, V), num_pred (B, T) in scaled units, and with targets the losses."""
+        `<num>`. Returns a dict: logits (B, T, V), num_pred (B, T) in standard units, and with targets the losses."""
         h = self.vlm.llm.hidden_states(self.embed(input_ids, values, image_features))   # (B, T, C)
         logits = self.vlm.llm.lm_head(h)                                      # (B, T, V)
         out = {"logits": logits, "num_pred": self.num_head(h).squeeze(-1).float()}       # (B, T)
@@ -81,12 +98,12 @@ class NumericVLM(nn.Module):
         return out
 
     def mixed_loss(self, token_loss, num_pred, targets, target_values, alpha: float) -> dict:
-        """num_loss = MSE of the scaled values, only where the next token is `<num>`; loss = CE + α · MSE."""
+        """num_loss = MSE in standard units, only where the next token is `<num>`; loss = CE + α · MSE."""
         where = targets == self.num_id                                        # (B, T)
         if target_values is None or not where.any():
             num_loss = num_pred.sum() * 0.0                                   # keeps the graph; no <num> targets
         else:
-            num_loss = F.mse_loss(num_pred[where], scale(target_values[where]))
+            num_loss = F.mse_loss(num_pred[where], self.standard(target_values[where]))
         return {"num_loss": num_loss, "loss": token_loss + alpha * num_loss}
 
     @torch.no_grad()
@@ -110,7 +127,7 @@ class NumericVLM(nn.Module):
             out = self(ids[:, :n], vals[:, :n], image_features=image_features)
             last = lens - 1
             nxt = out["logits"][rows, last].argmax(-1)                        # (B,)
-            v = unscale(out["num_pred"][rows, last])                          # (B,) the value if nxt is <num>
+            v = self.from_standard(out["num_pred"][rows, last])               # (B,) the value if nxt is <num>
             live = ~done
             ids[rows[live], lens[live]] = nxt[live]
             vals[rows[live], lens[live]] = torch.where(nxt == self.num_id, v, torch.zeros_like(v))[live]
@@ -216,7 +233,8 @@ def demo():
   ids    {len(ids)} positions, <num> (id {tok.num_id}) at position {k}, values[{k}] = {values[k]}
          back to text: {decode_numeric(tok, ids[k - 6:k + 2], values[k - 6:k + 2])!r}
   x, y   {tuple(x.shape)}   values xv, yv {tuple(xv.shape)}   image features {tuple(feats.shape)}
-  embedding at <num>: token embedding + MLP(scale(12.5) = {float(scale(torch.tensor(12.5))):.3f})   MLP {model.num_embed}
+  embedding at <num>: token embedding + MLP(standard(12.5) = {float(model.standard(torch.tensor(12.5))):.3f})
+  MLP {model.num_embed}
   logits {tuple(out['logits'].shape)}   num_pred {tuple(out['num_pred'].shape)} (regression head {model.num_head})
   MSE is read at position {k - 1} only (its target is <num>: {bool(y[0, k - 1] == tok.num_id)})
 

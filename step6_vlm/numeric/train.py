@@ -34,11 +34,11 @@ QUICK_SIZES = {"train": 60, "test_in_range": 20, "test_out_of_range": 20}
 
 def parse():
     p = course_parser("Train the numeric VLM (数值增强 VLM 训练)", "device", "dtype", "max_steps", "batch_size", "lr",
-                      "seed", "data", "out", "init", "quick", max_steps=1500, batch_size=32, lr=5e-4)
+                      "seed", "data", "out", "init", "quick", max_steps=1200, batch_size=16, lr=5e-4)
     a = p.add_argument
     a("--numbers", choices=("num", "text"), default="num", help="数字写法 <num> + value (regression head) or plain digits (baseline)")
     a("--alpha", type=float, default=1.0, help="数值损失权重 α in loss = CE + α·MSE")
-    a("--vision-lr", type=float, default=2e-4, help="视觉编码器学习率 the CLIP encoder's lr (0: frozen)")
+    a("--vision-lr", type=float, default=0.0, help="视觉编码器学习率 the CLIP encoder's lr (default 0: frozen, as in step 6; > 0 trains it)")
     a("--numeric-lr", type=float, default=2e-3, help="数值层学习率 numeric embedding + regression head")
     a("--eval-samples", type=int, default=200, help="训练后评估样本数 in-range test samples scored at the end")
     return p.parse_args()
@@ -72,6 +72,7 @@ def main():
     proc = load_image_processor(encoder)
     pixels = index_images(train + test, proc)                                       # (N, 3, H, W)
     examples = [(s["image_index"], *numeric_example(model, tok, s["messages"], s["where"])) for s in train]
+    model.set_value_stats([v for _, ids, _, vals in examples for i, v in zip(ids, vals) if i == tok.num_id] or [0.0])
     print(f"{len(train)} training conversations on {len(pixels)} pictures, numbers as {args.numbers}", file=sys.stderr)
 
     # one learning rate per module, as the seed's vision_lr / numeric_lr / learning_rate

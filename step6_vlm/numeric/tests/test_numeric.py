@@ -72,6 +72,7 @@ def test_numeric_embedding_gets_gradients_only_from_num_positions(tok):
 
 def test_mse_only_where_the_target_is_num_and_mixed_loss(tok):
     m = tiny_model(tok)
+    m.set_value_stats([10.0, 20.0, 40.0])
     ids, labels, values = numeric_example(m, tok, MSGS)
     x, y, xv, yv, _ = numeric_batch([(0, ids, labels, values)], tok.pad_id)
     feats = torch.randn(1, 9, 16)
@@ -79,7 +80,7 @@ def test_mse_only_where_the_target_is_num_and_mixed_loss(tok):
     out = m(x, xv, y, yv, image_features=feats, alpha=alpha)
     where = y == tok.num_id
     assert int(where.sum()) == 2
-    mse = ((out["num_pred"][where] - scale(yv[where])) ** 2).mean()
+    mse = ((out["num_pred"][where] - m.standard(yv[where])) ** 2).mean()
     ce = torch.nn.functional.cross_entropy(out["logits"][0], y[0], ignore_index=-100)
     assert torch.allclose(out["num_loss"], mse) and torch.allclose(out["token_loss"], ce)
     assert torch.allclose(out["loss"], ce + alpha * mse)
@@ -189,6 +190,7 @@ def test_short_seeded_run_lands_in_golden_mae_band(tok):
     samples = [{"image_index": i, "type": "v", "messages": [{"role": "user", "content": "数值？\n<image>"},
                 {"role": "assistant", "content": f"是<num><{float(v):.1f}>。"}]} for i, v in enumerate(vals)]
     ex = [(s["image_index"], *numeric_example(m, tok, s["messages"])) for s in samples]
+    m.set_value_stats(vals[:224])
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     for step in range(200):
         batch = [ex[j] for j in torch.randint(0, 224, (32,), generator=g)]
