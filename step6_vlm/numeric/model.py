@@ -101,7 +101,7 @@ class NumericVLM(nn.Module):
         """num_loss = MSE in standard units, only where the next token is `<num>`; loss = CE + α · MSE."""
         where = targets == self.num_id                                        # (B, T)
         if target_values is None or not where.any():
-            num_loss = num_pred.sum() * 0.0                                   # keeps the graph; no <num> targets
+            num_loss = num_pred.sum() * 0.0 + 0.0                             # keeps the graph (and +0, not -0)
         else:
             num_loss = F.mse_loss(num_pred[where], self.standard(target_values[where]))
         return {"num_loss": num_loss, "loss": token_loss + alpha * num_loss}

@@ -200,4 +200,4 @@ def test_short_seeded_run_lands_in_golden_mae_band(tok):
         loss.backward()
         opt.step()
     s = score(answers(m, tok, samples[224:], feats), samples[224:])
-    assert 0.3 < s["mae"] < 3.0, s                  # golden band of this seeded run (measured: see README)
+    assert 0.05 < s["mae"] < 0.6 and s["relaxed"] >= 0.9, s   # golden band around this seeded run's MAE (README)
