@@ -75,7 +75,7 @@ def main():
     model.set_value_stats([v for _, ids, _, vals in examples for i, v in zip(ids, vals) if i == tok.num_id] or [0.0])
     print(f"{len(train)} training conversations on {len(pixels)} pictures, numbers as {args.numbers}", file=sys.stderr)
 
-    # one learning rate per module, as the seed's vision_lr / numeric_lr / learning_rate
+    # one learning rate per module: the encoder, the new numeric layers and the rest learn at different speeds
     vision_p = list(vlm.vision.parameters())
     numeric_p = model.numeric_params()
     rest_p = [p for n, p in model.named_parameters() if not n.startswith(("vlm.vision.", "num_embed.", "num_head."))]
