@@ -137,7 +137,7 @@ def test_scripts_fail_with_one_line(one_line_error, tmp_path):
                                 ("eval.py", ["--num", str(tmp_path / "a"), "--digits", str(tmp_path / "b")], "no checkpoint"),
                                 ("demo.py", ["--checkpoint", str(tmp_path / "a"), "--image", "x.png"], "no checkpoint")]:
         r = subprocess.run([sys.executable, str(REPO_ROOT / "step6_vlm/numeric" / script), *argv],
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=300)
         one_line_error(r, words, script)
 
 
