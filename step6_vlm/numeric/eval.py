@@ -39,12 +39,12 @@ def main():
     p.add_argument("--device", default="auto", help="设备 device: auto, cpu, cuda, mps")
     a = p.parse_args()
     dev = pick_device(a.device)
-    folder = ensure_dataset(a.data) if pathlib.Path(a.data) == DATA_DIR else pathlib.Path(a.data)
     paths = {"num_head": a.num, "digits": a.digits}
     have = {k: v for k, v in paths.items() if (pathlib.Path(v) / "config.json").is_file()}
-    if not have:
+    if not have:  # checked before the charts are drawn: a missing model is the one thing to say
         raise CourseError(f"no checkpoint at {a.num} or {a.digits}; train them with python step6_vlm/numeric/train.py "
                           f"(and --numbers text for the baseline)")
+    folder = ensure_dataset(a.data) if pathlib.Path(a.data) == DATA_DIR else pathlib.Path(a.data)
     figures, rows = {}, []
     for variant, path in have.items():
         model, tok, _ = load_numeric(path, dev)
