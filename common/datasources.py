@@ -114,10 +114,11 @@ def conversation(obj, where: str) -> list:
     return out
 
 
-def hf_rows(source: str, split: str = "train", limit: int | None = None, streaming: bool = False):
+def hf_rows(source: str, split: str | None = "train", limit: int | None = None, streaming: bool = False):
     """Rows (dicts) of a Hugging Face dataset. `source` is "hf:NAME" (the hub, or its local cache) or "hf:PATH"
-    of a folder written by `Dataset.save_to_disk`. `datasets` is imported only here: the default runs and the
-    tests never need it, nor the network."""
+    of a folder written by `Dataset.save_to_disk`. split=None: "train", or the only split a saved dataset has
+    (flickr30k ships only "test"). `datasets` is imported only here: the default runs and the tests never need
+    it, nor the network."""
     name = source[3:] if source.startswith("hf:") else source
     try:
         import datasets
@@ -127,11 +128,13 @@ def hf_rows(source: str, split: str = "train", limit: int | None = None, streami
         if Path(name).is_dir() and any(Path(name).glob("*.json")):
             ds = datasets.load_from_disk(name)
             if isinstance(ds, datasets.DatasetDict):
+                if split is None:
+                    split = "train" if "train" in ds or len(ds) != 1 else next(iter(ds))
                 if split not in ds:
                     raise CourseError(f"--data hf:{name} has the splits {sorted(ds)}, not {split!r}; pass --split")
                 ds = ds[split]
         else:
-            ds = datasets.load_dataset(name, split=split, streaming=streaming)
+            ds = datasets.load_dataset(name, split=split or "train", streaming=streaming)
     except CourseError:
         raise
     except Exception as e:  # offline, unknown name, missing split: all the user's to fix

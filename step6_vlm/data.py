@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import random
-import re
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -410,22 +409,11 @@ def load_hf_captions(source: str, split: str | None = None, limit: int | None = 
                      caption_column: str | None = None, lang: str = "en") -> list:
     """A Hugging Face image–caption dataset (common.datasources.hf_rows: the hub with network, or a folder saved
     with `save_to_disk`) → stage-1 conversations. A caption column may hold one string or a list of them (COCO,
-    flickr30k: the first is used). Without --split: "train", or the only split a dataset has (flickr30k ships
-    only "test")."""
+    flickr30k: the first is used). Without --split: "train", or the only split a saved dataset has (hf_rows)."""
     from common.datasources import hf_rows
     name = source[3:] if source.startswith("hf:") else source
-    rows = hf_rows(source, split or "train", limit)
-    try:
-        first = next(rows)
-    except CourseError as e:
-        only = re.search(r"has the splits \['(\w+)'\]", str(e))
-        if split is None and only:  # one split only: use it
-            rows = hf_rows(source, only.group(1), limit)
-            first = next(rows, None)
-        else:
-            raise
-    except StopIteration:
-        first = None
+    rows = hf_rows(source, split, limit)
+    first = next(rows, None)
     if first is None:
         raise CourseError(f"--data hf:{name} has no rows")
     img_col = image_column or next((c for c in IMAGE_COLUMNS if c in first), None)

@@ -25,7 +25,7 @@ from common.world import describe_scene
 from step6_vlm.data import DESCRIBE_PROMPTS, eval_items, render_scene, world_splits
 from step6_vlm.loop import world_store
 from step6_vlm.model import load_vlm
-from step6_vlm.scoring import description_scores, generate_answers
+from step6_vlm.scoring import describe, generate_answers
 from step6_vlm.vision import image_size, load_vision_encoder
 
 STAGE_DIRS = {"pretrain": RUNS_DIR / "vlm_pretrain", "sft": RUNS_DIR / "vlm_sft"}
@@ -48,10 +48,10 @@ def evaluate_checkpoint(vlm, tok, short, combo, desc, scenes, feats, device) -> 
     """Short answers (held-out pictures and held-out combinations) and descriptions, all generated greedily."""
     room = max(len(tok.encode(it["answer"])) for it in short + combo) + 2  # a longer answer is wrong anyway
     ask = lambda its, n: generate_answers(vlm, tok, [(it["image"], it["question"]) for it in its], feats, n, device=device)
-    descriptions = ask(desc, 96)
+    descriptions, d = describe(vlm, tok, [scenes[it["image"]] for it in desc], [it["image"] for it in desc],
+                               [it["lang"] for it in desc], feats, device)
     return {"vqa": accuracy_by_type(short, ask(short, room)), "combo": accuracy_by_type(combo, ask(combo, room)),
-            "describe": description_scores(descriptions, [scenes[it["image"]] for it in desc]),
-            "descriptions": descriptions}
+            "describe": d, "descriptions": descriptions}
 
 
 def write_eval_md(out: pathlib.Path, scenes, desc, results, n_rows: int, header: str) -> pathlib.Path:

@@ -58,11 +58,9 @@ def world_store(vision, processor, splits: dict, vision_encoder: str, feature_la
     names = [n for n, scenes in splits.items() if scenes]
     feats, n_enc = world_features(vision, processor, [s for n in names for s in splits[n]], vision_encoder,
                                   feature_layer, size, cache_root=cache_root)
-    store, k = FeatureStore(feats[:0]), 0
-    for n in names:
-        store.add(n, feats[k:k + len(splits[n])])
-        k += len(splits[n])
-    return store, n_enc
+    sizes = [len(splits[n]) for n in names]
+    starts = [sum(sizes[:j]) for j in range(len(names))]
+    return FeatureStore(feats, dict(zip(names, starts)), dict(zip(names, sizes))), n_enc
 
 
 def oracle_features(scenes, dim: int) -> torch.Tensor:
@@ -160,6 +158,7 @@ def fit(vlm, tok, phases, feats, stage: str, steps: int, batch: int, lr: float, 
         groups = [{"params": proj_params, "base": proj_lr}] + ([{"params": llm_params, "base": lr}] if llm_params else [])
         opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0, betas=(0.9, 0.95))
         it = batches(examples, batch, seed)
+        last_phase = done + n_steps == steps
         for step in range(n_steps):
             vlm.train()
             for g in opt.param_groups:
@@ -178,7 +177,6 @@ def fit(vlm, tok, phases, feats, stage: str, steps: int, batch: int, lr: float, 
             opt.step()
             if log is not None:
                 log.train_step(done + step, loss.item(), opt.param_groups[-1]["lr"], tokens=int((y != -100).sum()))
-            last_phase = done + n_steps == steps
             if on_eval is not None and last_phase and eval_every and ((step + 1) % eval_every == 0 or step + 1 == n_steps):
                 t_eval = time.perf_counter()
                 on_eval(done + step + 1, vlm)
