@@ -36,7 +36,7 @@ from common.training import print_summary
 from step6_vlm.data import (PAINT_SHARE, caption_conversations, cell_labels, eval_items, painted_scenes,
                             sft_phases, world_splits)
 from step6_vlm.debug import with_image_loss
-from step6_vlm.loop import encode, fit, init_llm
+from step6_vlm.loop import FeatureStore, encode, fit, init_llm
 from step6_vlm.scoring import describe, score
 from step6_vlm.model import VLM, VLMConfig, image_token_id
 from step6_vlm.recipe import RECIPE, StagePlan
@@ -202,10 +202,12 @@ def setup(args, dev) -> dict:
         n_train, n_test, n_combo, recipe = 32, 8, 8, QUICK_ABLATE
         sp = world_splits(n_train, n_test, n_combo, seed=args.seed)
         painted = painted_scenes(sp.train, PAINT_SHARE, args.seed)
-        tok, gpt, cfg, feats = quick_parts(sp.train + sp.test + sp.combo + painted, dev, args.seed)
+        splits = {"train": sp.train, "test": sp.test, "combo": sp.combo, "painted": painted}
+        tok, gpt, cfg, feats = quick_parts([s for scenes in splits.values() for s in scenes], dev, args.seed)
+        store = split_store(feats, splits)
         src = "tiny random model (--quick)"
     else:
-        from step6_vlm.loop import world_features
+        from step6_vlm.loop import world_store
         from step6_vlm.vision import default_vision_encoder, image_size, load_vision_encoder
         gpt, tok, src = init_llm(args.init)
         enc = args.vision_encoder or default_vision_encoder()
@@ -216,23 +218,38 @@ def setup(args, dev) -> dict:
         sp = world_splits(n_train, max(400, n_test), max(300, n_combo), seed=args.seed)
         sp.test, sp.combo = sp.test[:n_test], sp.combo[:n_combo]
         painted = painted_scenes(sp.train, PAINT_SHARE, args.seed)   # as train.py, after the held-out pictures
-        feats, _ = world_features(vision, proc, sp.train + sp.test + sp.combo + painted, enc, -2, image_size(proc))
+        store, _ = world_store(vision, proc, {"train": sp.train, "test": sp.test, "combo": sp.combo, "painted": painted},
+                               enc, -2, image_size(proc))
         vc = vision.config
-        cfg = VLMConfig(enc, vc.hidden_size, feats.shape[1], image_size(proc), image_token_id(tok))
+        cfg = VLMConfig(enc, vc.hidden_size, store.tensor.shape[1], image_size(proc), image_token_id(tok))
+    assert store.start.get("train", 0) == 0  # a training picture's index is its row: the data functions' indices hold
     for stage, flag in (("pretrain", args.pretrain_steps), ("sft", args.sft_steps)):
         p = recipe.plan(stage)
         recipe = replace(recipe, **{stage: replace(p, steps=flag or p.steps, batch=args.batch_size or p.batch)})
-    t_off, c_off, p_off = n_train, n_train + n_test, n_train + n_test + n_combo
     held = sp.train + sp.test
-    probe = {m: probe_ceiling(feats[:len(held)], held, n_train, m) for m in ("first", "mean", "all")}
-    items = [dict(it, image=it["image"] + t_off) for it in eval_items(sp.test, args.seed)]
-    return {"tok": tok, "gpt": gpt, "cfg": cfg, "feats": feats, "device": dev, "splits": sp, "recipe": recipe,
-            "painted": [(p_off + i, s) for i, s in enumerate(painted)],
+    # the store's first rows are train, then test (world_store keeps the order of the splits)
+    probe = {m: probe_ceiling(store.tensor[:len(held)], held, n_train, m) for m in ("first", "mean", "all")}
+    items = store.items("test", eval_items(sp.test, args.seed))
+    return {"tok": tok, "gpt": gpt, "cfg": cfg, "feats": store.tensor, "device": dev, "splits": sp, "recipe": recipe,
+            "painted": store.items("painted", list(enumerate(painted))),
             "seed": args.seed, "src": src, "probe": probe, "items": [it for it in items if it["type"] != "describe"],
             "describe": [it for it in items if it["type"] == "describe"],
-            "combo": [dict(it, image=it["image"] + c_off) for it in eval_items(sp.combo, args.seed, combo=True)
+            "combo": [it for it in store.items("combo", eval_items(sp.combo, args.seed, combo=True))
                       if it["type"] != "describe"],
-            "describe_scenes": [sp.test[it["image"] - t_off] for it in items if it["type"] == "describe"]}
+            "describe_scenes": [sp.test[it["image"] - store.start["test"]] for it in items if it["type"] == "describe"]}
+
+
+def split_store(feats: torch.Tensor, splits: dict) -> FeatureStore:
+    """A FeatureStore of features computed for the splits' pictures in order, {name: scenes} (--quick), laid out
+    as world_store lays out the cache's: a split without pictures gets no name."""
+    store, at = FeatureStore(feats), 0
+    for name, scenes in splits.items():
+        if scenes:
+            store.start[name], store.size[name] = at, len(scenes)
+            at += len(scenes)
+    if at != len(feats):
+        raise CourseError(f"{len(feats)} feature rows for {at} pictures")
+    return store
 
 
 def main():
