@@ -12,7 +12,7 @@ from common.errors import CourseError
 from common.training import lr_at
 from step2_gpt.model import quick_or_load_gpt
 
-from step6_vlm.data import RENDER_VERSION, cell_labels, render_scene, scene_key
+from step6_vlm.data import RENDER_VERSION, render_scene, scene_key
 from step6_vlm.model import VLM, apply_freeze, build_example, connector_params
 from step6_vlm.vision import cached_features, encoder_key
 
@@ -61,26 +61,6 @@ def world_store(vision, processor, splits: dict, vision_encoder: str, feature_la
     sizes = [len(splits[n]) for n in names]
     starts = [sum(sizes[:j]) for j in range(len(names))]
     return FeatureStore(feats, dict(zip(names, starts)), dict(zip(names, sizes))), n_enc
-
-
-def oracle_features(scenes, dim: int) -> torch.Tensor:
-    """(N, 9, dim) "perfect encoder" features for debugging: patch k holds a one-hot of its cell k and, if the
-    cell is occupied, one-hots of the thing's colour, shape and size. Every fact a question needs is there
-    and linearly readable, so a VLM that still cannot answer has its problem on the LLM side, not the encoder's."""
-    from common.world import COLORS, SHAPES, SIZES
-    widths = [9, len(COLORS), len(SHAPES), len(SIZES), 1]
-    if dim < sum(widths):
-        raise CourseError(f"oracle features need at least {sum(widths)} dimensions, the encoder gives {dim}")
-    lab = cell_labels(scenes)                                     # (N, 9, 3): 1-based class ids, 0 = empty
-    feats = torch.zeros(len(scenes), 9, dim)
-    feats[:, :, :9] = torch.eye(9)
-    i, k = (lab[..., 0] > 0).nonzero(as_tuple=True)              # the occupied (scene, cell) pairs
-    offset = 9
-    for j, width in enumerate(widths[1:4]):                       # colour, shape, size one-hots side by side
-        feats[i, k, offset + lab[i, k, j] - 1] = 1.0
-        offset += width
-    feats[i, k, offset] = 1.0                                     # occupied
-    return feats
 
 
 def encode(vlm: VLM, tokenizer, convs) -> list:

@@ -15,6 +15,8 @@ steps. The rows:
   5. the lookup: no lookup drill at the start of stage 2 / the image before the question (LLaVA's layout) /
      no learned image positions
   6. colour apart from shape: no repainted pictures in stage 2 (data.PAINT_SHARE) — read the held-out combinations
+  7. the encoder's part: perfect-encoder features (oracle_features) in place of the frozen encoder's, so every fact
+     a question needs is linearly readable — what is left is the LLM's part
 """
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # repo root: common/ and earlier steps
@@ -47,8 +49,9 @@ from step6_vlm.recipe import RECIPE, StagePlan
 ABLATE = replace(RECIPE, pretrain=StagePlan(40, 32, 1e-3, 2e-3), sft=StagePlan(500, 32, 1e-3, 1e-3))
 QUICK_ABLATE = replace(ABLATE, pretrain=StagePlan(4, 8, 1e-3, 2e-3), sft=StagePlan(6, 8, 1e-3, 1e-3))
 
-# name: (group, what changes, overrides). Overrides are recipe fields (replace(recipe, ...)), plus two of the lab's
-# own: image_loss (a loss on image positions too) and stages (which stages run). paint_share is the recipe's or 0.
+# name: (group, what changes, overrides). Overrides are recipe fields (replace(recipe, ...)), plus three of the lab's
+# own: image_loss (a loss on image positions too), stages (which stages run) and features ("oracle": oracle_features
+# of the same pictures instead of the frozen encoder's). paint_share is the recipe's or 0.
 CONFIG_OVERRIDES = ("image_tokens", "projector", "image_positions", "layout")
 VARIANTS = {
     "baseline":      ("", "baseline: all patches, linear, positions, question first, stage 1 = projection only, lookup drill", {}),
@@ -63,24 +66,56 @@ VARIANTS = {
     "no_positions":  ("5 the lookup", "no learned image positions (LLaVA)", {"image_positions": "none"}),
     "no_curriculum": ("5 the lookup", "stage 2 without the lookup drills (full mix from the first step)", {"curriculum": ()}),
     "no_paint":      ("6 colour apart from shape", "no repainted pictures in stage 2", {"paint_share": 0.0}),
+    "oracle":        ("7 the encoder's part", "perfect-encoder features: one-hots of each cell's colour/shape/size (the LLM's part alone)",
+                      {"features": "oracle"}),
 }
 # the order rows are run in (most telling first, so a stopped run has measured what matters most)
 ORDER = ["baseline", "no_curriculum", "no_paint", "first", "mean", "image_first", "no_positions", "image_loss", "stage1_last_n",
-         "one_stage", "mlp", "stage1_all"]
+         "one_stage", "mlp", "stage1_all", "oracle"]
 # the groups of the table, each with the baseline as its reference row
 GROUPS = {"1 image tokens": ["baseline", "first", "mean"], "2 loss on image positions": ["baseline", "image_loss"],
           "3 stage-1 freeze": ["baseline", "stage1_last_n", "stage1_all", "one_stage"], "4 projection": ["baseline", "mlp"],
           "5 the lookup": ["baseline", "no_curriculum", "image_first", "no_positions"],
-          "6 colour apart from shape": ["baseline", "no_paint"]}
+          "6 colour apart from shape": ["baseline", "no_paint"], "7 the encoder's part": ["baseline", "oracle"]}
 BASELINE_LABEL = {"1 image tokens": "all patches (LLaVA, baseline)", "2 loss on image positions": "answer tokens only (baseline)",
                   "3 stage-1 freeze": "stage 1: projection only, LLM frozen (baseline; LLaVA-1/minimind-v)", "4 projection": "linear, no bias (baseline)",
                   "5 the lookup": "question first, learned positions, lookup drill (baseline)",
-                  "6 colour apart from shape": f"{PAINT_SHARE:.0%} of the pictures also repainted, asked their shapes (baseline)"}
+                  "6 colour apart from shape": f"{PAINT_SHARE:.0%} of the pictures also repainted, asked their shapes (baseline)",
+                  "7 the encoder's part": "the frozen encoder's features (baseline)"}
 
 
 def row_recipe(recipe, overrides: dict):
     """The recipe of one row: the ablations' recipe with the row's recipe fields changed."""
     return replace(recipe, **{k: v for k, v in overrides.items() if k in {f.name for f in fields(recipe)}})
+
+
+def oracle_features(scenes, dim: int) -> torch.Tensor:
+    """(N, 9, dim) "perfect encoder" features: patch k holds a one-hot of its cell k and, if the cell is occupied,
+    one-hots of the thing's colour, shape and size. Every fact a question needs is there and linearly readable,
+    so a VLM that still cannot answer has its problem on the LLM side, not the encoder's. An off-world paint
+    (data.painted_scenes) has no colour name, so its colour one-hot stays empty: the thing is still there with its
+    shape and size, which is all the painted pictures' shape questions ask, and no world colour is claimed for it."""
+    from common.world import COLORS, SHAPES, SIZES
+    widths = [9, len(COLORS), len(SHAPES), len(SIZES), 1]
+    if dim < sum(widths):
+        raise CourseError(f"oracle features need at least {sum(widths)} dimensions, the encoder gives {dim}")
+    # cell_labels knows the world's colours only: an unnamed paint gets a stand-in colour, cleared again below
+    unnamed = torch.zeros(len(scenes), 9, dtype=torch.bool)
+    for n, things in enumerate(scenes):
+        for t in things:
+            unnamed[n, t.row * 3 + t.col] = not t.color.en
+    lab = cell_labels([[t if t.color.en else replace(t, color=COLORS[0]) for t in things] for things in scenes])
+    lab[..., 0][unnamed] = 0                                      # (N, 9, 3): 1-based class ids, 0 = none
+    feats = torch.zeros(len(scenes), 9, dim)
+    feats[:, :, :9] = torch.eye(9)
+    i, k = (lab[..., 1] > 0).nonzero(as_tuple=True)              # the occupied (scene, cell) pairs: every thing has a shape
+    offset = 9
+    for j, width in enumerate(widths[1:4]):                       # colour, shape, size one-hots side by side
+        on = lab[i, k, j] > 0
+        feats[i[on], k[on], offset + lab[i[on], k[on], j] - 1] = 1.0
+        offset += width
+    feats[i, k, offset] = 1.0                                     # occupied
+    return feats
 
 
 def build_variant(gpt, cfg: VLMConfig, overrides: dict) -> VLM:
@@ -91,9 +126,11 @@ def build_variant(gpt, cfg: VLMConfig, overrides: dict) -> VLM:
 def run_variant(name: str, ctx: dict) -> dict:
     """Train one row (stage 1 on captions, stage 2 on questions) and score it on held-out pictures."""
     _, _, ov = VARIANTS[name]
-    tok, feats, dev, sp = ctx["tok"], ctx["feats"], ctx["device"], ctx["splits"]
+    tok, dev, sp = ctx["tok"], ctx["device"], ctx["splits"]
+    feats = ctx["oracle"] if ov.get("features") == "oracle" else ctx["feats"]  # same rows, so every index holds
     recipe = row_recipe(ctx["recipe"], ov)
-    vlm = build_variant(ctx["gpt"], ctx["cfg"], ov).to(dev)
+    # n_patches from the features: the oracle has one patch per cell, whatever the encoder's patch grid
+    vlm = build_variant(ctx["gpt"], replace(ctx["cfg"], n_patches=feats.shape[1]), ov).to(dev)
     stages = ov.get("stages", ("pretrain", "sft"))
     rng = random.Random(ctx["seed"])
     out, t0 = {"row": name}, time.perf_counter()
@@ -115,20 +152,20 @@ def run_variant(name: str, ctx: dict) -> dict:
         out[f"{stage}_final_loss"] = round(r["loss"], 4)
         print(f"  [{name}] {stage}: {p.steps} steps in {r['train_s']:.0f} s, final loss {r['loss']:.3f}", file=sys.stderr)
         if stage == "pretrain":
-            out["pretrain_describe_f1"] = round(describe_f1(vlm, tok, ctx, dev), 4)
+            out["pretrain_describe_f1"] = round(describe_f1(vlm, tok, ctx, feats, dev), 4)
     vqa = score(vlm, tok, ctx["items"], feats, dev)
     combo = score(vlm, tok, ctx["combo"], feats, dev)
-    out.update(vqa_accuracy=round(vqa["overall"], 4), by_type=vqa["by_type"] | {"describe": round(describe_f1(vlm, tok, ctx, dev), 4)},
+    out.update(vqa_accuracy=round(vqa["overall"], 4), by_type=vqa["by_type"] | {"describe": round(describe_f1(vlm, tok, ctx, feats, dev), 4)},
                heldout_combo_accuracy=round(combo["overall"], 4), heldout_combo_by_type=combo["by_type"],
                image_tokens_per_image=vlm.tokens_per_image, train_s=round(time.perf_counter() - t0, 1))
     return out
 
 
-def describe_f1(vlm, tok, ctx, dev) -> float:
-    """F1 of the described things on the held-out pictures (scoring.describe)."""
+def describe_f1(vlm, tok, ctx, feats, dev) -> float:
+    """F1 of the described things on the held-out pictures (scoring.describe), read from the row's features."""
     d = ctx["describe"]
     return describe(vlm, tok, ctx["describe_scenes"], [it["image"] for it in d], [it["lang"] for it in d],
-                    ctx["feats"], dev)[1]["f1"]
+                    feats, dev)[1]["f1"]
 
 
 def probe_ceiling(feats: torch.Tensor, scenes, n_train: int, mode: str, ridge: float = 1.0) -> dict:
@@ -218,11 +255,15 @@ def setup(args, dev) -> dict:
         sp = world_splits(n_train, max(400, n_test), max(300, n_combo), seed=args.seed)
         sp.test, sp.combo = sp.test[:n_test], sp.combo[:n_combo]
         painted = painted_scenes(sp.train, PAINT_SHARE, args.seed)   # as train.py, after the held-out pictures
-        store, _ = world_store(vision, proc, {"train": sp.train, "test": sp.test, "combo": sp.combo, "painted": painted},
-                               enc, -2, image_size(proc))
+        splits = {"train": sp.train, "test": sp.test, "combo": sp.combo, "painted": painted}
+        store, _ = world_store(vision, proc, splits, enc, -2, image_size(proc))
         vc = vision.config
         cfg = VLMConfig(enc, vc.hidden_size, store.tensor.shape[1], image_size(proc), image_token_id(tok))
     assert store.start.get("train", 0) == 0  # a training picture's index is its row: the data functions' indices hold
+    # the oracle row's features: the same pictures in the same rows, as wide as the encoder's so the same VLMConfig works
+    oracle = split_store(oracle_features([s for scenes in splits.values() for s in scenes], store.tensor.shape[2]),
+                         splits)
+    assert oracle.start == store.start
     for stage, flag in (("pretrain", args.pretrain_steps), ("sft", args.sft_steps)):
         p = recipe.plan(stage)
         recipe = replace(recipe, **{stage: replace(p, steps=flag or p.steps, batch=args.batch_size or p.batch)})
@@ -230,7 +271,7 @@ def setup(args, dev) -> dict:
     # the store's first rows are train, then test (world_store keeps the order of the splits)
     probe = {m: probe_ceiling(store.tensor[:len(held)], held, n_train, m) for m in ("first", "mean", "all")}
     items = store.items("test", eval_items(sp.test, args.seed))
-    return {"tok": tok, "gpt": gpt, "cfg": cfg, "feats": store.tensor, "device": dev, "splits": sp, "recipe": recipe,
+    return {"tok": tok, "gpt": gpt, "cfg": cfg, "feats": store.tensor, "oracle": oracle.tensor, "device": dev, "splits": sp, "recipe": recipe,
             "painted": store.items("painted", list(enumerate(painted))),
             "seed": args.seed, "src": src, "probe": probe, "items": [it for it in items if it["type"] != "describe"],
             "describe": [it for it in items if it["type"] == "describe"],

@@ -178,19 +178,6 @@ def test_stage1_freeze_choices_train_what_they_claim(tok, setting, changed_block
     assert ("llm.tok_embeddings.weight" in moved) == (setting == "all")
 
 
-def test_oracle_features_hold_each_cells_facts():
-    from step6_vlm.loop import oracle_features
-    t = Thing(COLORS[2], SHAPES[4], SIZES[1], row=1, col=2)
-    f = oracle_features([[t]], 32)                                           # (1, 9, 32)
-    assert f.shape == (1, 9, 32) and torch.equal(f[0, :, :9], torch.eye(9))
-    k = 1 * 3 + 2
-    on = set(torch.nonzero(f[0, k, 9:]).flatten().tolist())
-    assert on == {2, len(COLORS) + 4, len(COLORS) + len(SHAPES) + 1, len(COLORS) + len(SHAPES) + len(SIZES)}
-    assert f[0, [j for j in range(9) if j != k], 9:].sum() == 0              # empty cells say only where they are
-    with pytest.raises(CourseError):
-        oracle_features([[t]], 16)
-
-
 def test_probe_tells_entangled_features_on_never_trained_combinations():
     from step6_vlm.data import world_splits
     from step6_vlm.small_clip import linear_probe

@@ -1,8 +1,12 @@
 """The lab's tools: every ablation switch changes the model the way the experiment log claims, the probe ceiling
 sees what each image-token mode passes on, and the lookup experiment builds the batches it describes."""
+from dataclasses import replace
+
+import pytest
 import torch
 
-from common.world import COLORS, SHAPES
+from common.errors import CourseError
+from common.world import COLORS, SHAPES, SIZES, Thing
 from step6_vlm.debug import examples_for, with_image_loss
 from step6_vlm.lab.ablate import VARIANTS, build_variant, run_variant
 from step6_vlm.tests.conftest import make_vlm
@@ -106,3 +110,47 @@ def test_lookup_question_first_puts_the_picture_between_question_and_tail():
     assert bool((last[:, :9] == 1).all()) and torch.equal(last[:, 9:], words)               # picture, then text
     assert torch.equal(first[:, :5], words[:, :5]) and bool((first[:, 5:14] == 1).all())    # question, picture,
     assert torch.equal(first[:, 14:], words[:, 5:])                                          # then the tail
+
+
+def test_oracle_features_hold_each_cells_facts():
+    from step6_vlm.lab.ablate import oracle_features
+    t = Thing(COLORS[2], SHAPES[4], SIZES[1], row=1, col=2)
+    f = oracle_features([[t]], 32)                                           # (1, 9, 32)
+    assert f.shape == (1, 9, 32) and torch.equal(f[0, :, :9], torch.eye(9))
+    k = 1 * 3 + 2
+    on = set(torch.nonzero(f[0, k, 9:]).flatten().tolist())
+    assert on == {2, len(COLORS) + 4, len(COLORS) + len(SHAPES) + 1, len(COLORS) + len(SHAPES) + len(SIZES)}
+    assert f[0, [j for j in range(9) if j != k], 9:].sum() == 0              # empty cells say only where they are
+    painted = oracle_features([[replace(t, color=replace(COLORS[0], zh="", en=""))]], 32)   # an off-world paint
+    assert set(torch.nonzero(painted[0, k, 9:]).flatten().tolist()) == on - {2}            # shape, size, there; no colour
+    with pytest.raises(CourseError):
+        oracle_features([[t]], 16)
+
+
+def test_oracle_row_trains_and_scores_on_oracle_features(tok, monkeypatch):
+    import types
+    from step6_vlm.lab import ablate
+    args = types.SimpleNamespace(quick=True, seed=0, pretrain_steps=1, sft_steps=1, batch_size=4)   # one step a stage
+    ctx = ablate.setup(args, "cpu")
+    sp, oracle = ctx["splits"], ctx["oracle"]
+    assert oracle.shape == ctx["feats"].shape                             # the same VLMConfig reads both
+    # each row holds the facts of the picture the row's index points at: training, held-out, painted
+    assert torch.equal(oracle[:len(sp.train)], ablate.oracle_features(sp.train, oracle.shape[2]))
+    described = [it["image"] for it in ctx["describe"]]
+    assert torch.equal(oracle[described], ablate.oracle_features(ctx["describe_scenes"], oracle.shape[2]))
+    rows, scenes = zip(*ctx["painted"])
+    assert torch.equal(oracle[list(rows)], ablate.oracle_features(list(scenes), oracle.shape[2]))
+    seen = []                                                              # the features each call reads
+
+    def spy(fn, at):
+        def wrapped(*a, **kw):
+            seen.append(a[at])
+            return fn(*a, **kw)
+        return wrapped
+    for name, at in (("fit", 3), ("score", 3), ("describe", 5)):
+        monkeypatch.setattr(ablate, name, spy(getattr(ablate, name), at))
+    ablate.run_variant("oracle", ctx)
+    assert len(seen) == 6 and all(f is oracle for f in seen)   # 2 stages trained, stage-1 describe, VQA, combos, describe
+    seen.clear()
+    ablate.run_variant("baseline", ctx)
+    assert len(seen) == 6 and all(f is ctx["feats"] for f in seen)
