@@ -1,7 +1,7 @@
 """Measured ablations of the image path (消融实验): each row changes ONE thing against the baseline, trains
 both stages briefly on cached frozen features, and scores held-out pictures per question type.
 
-    python ablate.py                       # every row, writes runs/vlm_ablate/ablation.md (measured: 18 min, 2-core CPU)
+    python ablate.py                       # every row, writes runs/vlm_ablate/ablation.md (measured before the oracle row: 18 min, 2-core CPU)
     python ablate.py --only first,mean     # some rows
     python ablate.py --quick               # seconds: tiny random model, shows the table's shape only
 
