@@ -157,18 +157,24 @@ CURRICULUM = ((("color", "shape"), 0.2), (("position",), 0.3))   # (question typ
 
 
 def sft_phases(scenes, rng: random.Random, layout: str = "question-first", drills=CURRICULUM, describe_p: float = 0.15,
-               painted=()) -> list:
+               painted=(), offworld=()) -> list:
     """Stage 2 on the data world as [(conversations, share of the stage's steps)]: each drill (one question of
     each of its types per picture, random language), then the full mix for the rest of the steps. drills=() is
-    no curriculum. Conversations are (scene index, messages). `painted` = [(feature index, repainted scene)]
-    adds one shape question per repainted picture to each phase that asks shape questions."""
-    phases = [([(i, c) for i, s in enumerate(scenes) for c in qa_examples(s, rng, layout, per_image=len(types),
-                                                                          describe_p=0.0, types=types)]
-               + (painted_shape_questions(painted, rng, layout) if "shape" in types else []),
-               share) for types, share in drills]
-    full = [(i, c) for i, s in enumerate(scenes) for c in qa_examples(s, rng, layout, describe_p=describe_p)]
-    full += painted_shape_questions(painted, rng, layout)
-    return phases + [(full, 1.0 - sum(share for _, share in drills))]
+    no curriculum. In every phase a picture also gets "describe this picture" with probability `describe_p`:
+    stage 1 taught descriptions, and phases without them unlearn it (README 两阶段对比). Conversations are
+    (scene index, messages). `painted` = [(feature index, repainted scene)] adds one shape question per
+    repainted picture to each phase that asks shape questions; `offworld` (feature indices of pictures from
+    outside the world) adds one "I don't know" question per picture to the full mix."""
+    def phase(types, per_image):
+        out = []
+        for i, s in enumerate(scenes):
+            out += [(i, c) for c in qa_examples(s, rng, layout, per_image=per_image, describe_p=0.0, types=types)]
+            if rng.random() < describe_p:
+                out += [(i, c) for c in qa_examples(s, rng, layout, per_image=1, describe_p=1.0, types=())]
+        return out + (painted_shape_questions(painted, rng, layout) if "shape" in types else [])
+    full = ("color", "shape", "count", "position")
+    return [(phase(types, len(types)), share) for types, share in drills] + \
+           [(phase(full, 3) + offworld_questions(offworld, rng, layout), 1.0 - sum(share for _, share in drills))]
 
 
 # Off-world paints: shape apart from colour. The world's training pictures never show a red star, so whatever reads
@@ -211,6 +217,58 @@ def painted_shape_questions(painted, rng: random.Random, layout: str = "question
         q, a = question("shape", things, rng, rng.choice(["zh", "en"]), target)
         convs.append((i, [{"role": "user", "content": user_turn(q, layout)}, {"role": "assistant", "content": a}]))
     return convs
+
+
+# Pictures from outside the world. A real photo is none of the world's 3×3 scenes, yet a model that has only ever
+# seen scenes describes one anyway, inventing shapes and places. So stage 2 also shows pictures drawn outside the
+# world's grammar (a colour field, blobs and strokes of any size anywhere, grain) and answers every question
+# about them with step 4's "I don't know": the model learns when its world ends. README 真实照片.
+OFFWORLD_TRAIN = 1000   # such pictures in stage 2's full mix, one question each (recipe.offworld)
+
+
+def offworld_picture(n: int, size: int = IMAGE_SIZE) -> Image.Image:
+    """Picture number `n` from outside the world (the same n draws the same picture): a two-colour gradient,
+    3–12 ellipses and strokes off the grid, then grain. Training uses n ≥ 0, evaluation n < 0."""
+    rng = random.Random(f"offworld:{n}")
+    big = size * SUPERSAMPLE
+    a, b = [tuple(rng.randrange(256) for _ in range(3)) for _ in range(2)]
+    ramp = np.linspace(0, 1, big)[:, None, None] * np.ones((1, big, 1))       # (H, W, 1), top to bottom
+    img = Image.fromarray((np.array(a) * (1 - ramp) + np.array(b) * ramp).astype(np.uint8))
+    img = img.rotate(rng.uniform(0, 360), fillcolor=a)
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.randint(3, 12)):
+        fill = tuple(rng.randrange(256) for _ in range(3))
+        x, y = rng.uniform(-0.2, 1.0) * big, rng.uniform(-0.2, 1.0) * big
+        w, h = rng.uniform(0.05, 0.7) * big, rng.uniform(0.05, 0.7) * big
+        if rng.random() < 0.6:
+            draw.ellipse([x, y, x + w, y + h], fill=fill)
+        else:
+            draw.line([(x, y), (x + rng.choice([-w, w]), y + rng.choice([-h, h]))], fill=fill,
+                      width=rng.randint(2, big // 8))
+    grain = np.random.default_rng(abs(n)).normal(0, rng.uniform(2, 30), (big, big, 3))
+    img = Image.fromarray(np.clip(np.asarray(img, dtype=float) + grain, 0, 255).astype(np.uint8))
+    return img.resize((size, size), Image.LANCZOS)
+
+
+def offworld_items(indices, rng: random.Random) -> list:
+    """One question per off-world picture, of any type, in a random language, answered "I don't know" /
+    "我不知道" ({"image", "type", "lang", "question", "answer"}, as eval_items) for the pictures' feature
+    `indices`. The questions are the world's own (about a random scene): only the picture says it cannot know."""
+    from step4_sft.data import IDK
+    items = []
+    for i in indices:
+        lang, scene, q = rng.choice(["zh", "en"]), random_scene(rng), None
+        while q is None:  # a position question has no single answer when the scene has two things alike
+            qtype = rng.choice(QUESTION_TYPES)
+            q = question(qtype, scene, rng, lang)
+        items.append({"image": i, "type": qtype, "lang": lang, "question": q[0], "answer": IDK[lang]})
+    return items
+
+
+def offworld_questions(indices, rng: random.Random, layout: str = "question-first") -> list:
+    """offworld_items as training conversations: [(feature index, messages)]."""
+    return [(it["image"], [{"role": "user", "content": user_turn(it["question"], layout)},
+                           {"role": "assistant", "content": it["answer"]}]) for it in offworld_items(indices, rng)]
 
 
 def cell_labels(scenes) -> torch.Tensor:
@@ -477,7 +535,7 @@ def load_real_data(sources, layout: str = "question-first", **hf) -> list:
 
 
 __all__ = ["IMAGE_SIZE", "CELL", "GRID", "HELDOUT_COMBOS", "CAPTION_PROMPTS", "DESCRIBE_PROMPTS", "QUESTION_TYPES",
-           "LAYOUTS", "user_turn", "render_scene", "caption_messages", "caption_conversations", "question", "qa_examples", "CURRICULUM", "sft_phases", "PAINT_SHARE", "offworld_color", "painted_scenes", "painted_shape_questions", "world_splits", "eval_items",
+           "LAYOUTS", "user_turn", "render_scene", "caption_messages", "caption_conversations", "question", "qa_examples", "CURRICULUM", "sft_phases", "PAINT_SHARE", "offworld_color", "painted_scenes", "painted_shape_questions", "OFFWORLD_TRAIN", "offworld_picture", "offworld_items", "offworld_questions", "world_splits", "eval_items",
            "load_image", "to_rgb", "load_llava_json", "load_caption_folder", "load_hf_captions", "load_real_data",
            "scene_key", "file_key", "allowed_in_training", "COLORS", "SHAPES", "SIZES", "POSITIONS"]
 

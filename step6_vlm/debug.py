@@ -1,6 +1,6 @@
 """Check the image path on one batch: the checks to run when a VLM "cannot see" (图像识别调试).
 
-    python debug.py                        # a fresh stage-1 model from runs/pretrain + runs/clip
+    python debug.py                        # a fresh stage-1 model: the newest LLM (runs/rlhf, …) + runs/clip
     python debug.py --init runs/vlm_sft    # a trained checkpoint
     python debug.py --image-tokens first   # the first-patch bug: 1 of the P patch features reaches the LLM
     python debug.py --image-loss           # a tempting "fix": loss on the image positions too

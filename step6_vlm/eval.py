@@ -7,9 +7,11 @@ into things, and the two-stage table (picture | Pretrain_vlm answer | SFT_vlm an
 Every answer is generated greedily (what a student sees in demo.py). Short answers are scored by exact match;
 a description is parsed with the world's grammar into (colour, shape, size, position) things: F1 against the
 picture, exactly right descriptions, and the hallucination rate = described things that are not in the picture.
+Pictures from outside the world (held-out off-world drawings, and real photos that ship with matplotlib, so
+offline): the share answered "I don't know", and each stage's answers about the photos in eval.md.
 Last line, one JSON object with the keys: vqa_accuracy, vqa_accuracy_by_type, heldout_combo_accuracy,
-describe_f1, describe_exact, hallucination_rate, mean_answer_chars, and the same with pretrain_ for the
-stage-1 checkpoint (null without one), descriptions_per_stage, eval_md, wall_s.
+describe_f1, describe_exact, hallucination_rate, mean_answer_chars, offworld_idk_rate, and the same with
+pretrain_ for the stage-1 checkpoint (null without one), descriptions_per_stage, eval_md, wall_s.
 """
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
@@ -18,19 +20,45 @@ import time
 
 from common import RUNS_DIR
 from common.cli import course_parser, run
-from common.device import pick_device, seed_everything
+from common.device import named_rng, pick_device, seed_everything
 from common.errors import CourseError
 from common.training import print_summary
 from common.world import describe_scene
-from step6_vlm.data import DESCRIBE_PROMPTS, eval_items, render_scene, world_splits
-from step6_vlm.loop import world_store
+from step6_vlm.data import (DESCRIBE_PROMPTS, eval_items, image_key, load_image, offworld_items, render_scene,
+                            world_splits)
+from step6_vlm.loop import offworld_features, world_store
 from step6_vlm.model import load_vlm
-from step6_vlm.scoring import describe, generate_answers
-from step6_vlm.vision import image_size, load_vision_encoder
+from step6_vlm.scoring import describe, generate_answers, score
+from step6_vlm.vision import cached_features, encoder_key, image_size, load_vision_encoder
 
 STAGE_DIRS = {"pretrain": RUNS_DIR / "vlm_pretrain", "sft": RUNS_DIR / "vlm_sft"}
 MAKE = "python step6_vlm/train.py"  # the command that makes both checkpoints
 STAGE_TITLES = {"pretrain": "Pretrain_vlm 阶段1 输出", "sft": "SFT_vlm 阶段2 输出"}
+OFFWORLD_EVAL = 100  # train.py's held-out off-world pictures: data.offworld_picture(-1 … -100)
+PHOTOS = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")  # real photos in matplotlib's sample data
+PHOTO_QUESTIONS = (DESCRIBE_PROMPTS["zh"], DESCRIBE_PROMPTS["en"], "图中有几个图形？", "What color is the shape at the top left?")
+
+
+def photo_paths() -> list:
+    """The real photos matplotlib installs with itself (a pip dependency of the course: no download)."""
+    from matplotlib import cbook
+    return [pathlib.Path(cbook.get_sample_data(name, asfileobj=False)) for name in PHOTOS]
+
+
+def write_photo_md(out: pathlib.Path, photos, answers: dict) -> list:
+    """Lines of eval.md: each photo, each question, each stage's answer."""
+    img_dir = out / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    stages = list(answers)
+    lines = ["", "## 数据世界之外的图片 pictures from outside the world", "",
+             "| 照片 | 问题 | " + " | ".join(STAGE_TITLES.get(s, s) for s in stages) + " |", "|---|---|" + "---|" * len(stages)]
+    for j, path in enumerate(photos):
+        load_image(path).resize((126, 126)).save(img_dir / f"photo_{j}.png")
+        for q_i, q in enumerate(PHOTO_QUESTIONS):
+            cells = [answers[s][j * len(PHOTO_QUESTIONS) + q_i].replace("|", "/").replace("\n", "↵") or "(empty)"
+                     for s in stages]
+            lines.append(f"| <img src=\"images/photo_{j}.png\" width=\"126\"> | {q} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def accuracy_by_type(items, predictions) -> dict:
@@ -54,7 +82,7 @@ def evaluate_checkpoint(vlm, tok, short, combo, desc, scenes, feats, device) -> 
             "describe": d, "descriptions": descriptions}
 
 
-def write_eval_md(out: pathlib.Path, scenes, desc, results, n_rows: int, header: str) -> pathlib.Path:
+def write_eval_md(out: pathlib.Path, scenes, desc, results, n_rows: int, header: str, tail=()) -> pathlib.Path:
     """The two-stage table: picture | prompt | one answer per stage | truth, then each column's length, F1 and
     hallucination rate over all the described pictures. Pictures are PNG files beside it."""
     img_dir = out / "images"
@@ -74,7 +102,7 @@ def write_eval_md(out: pathlib.Path, scenes, desc, results, n_rows: int, header:
         lines.append(f"| **{label}** | {len(desc)} 张图 | "
                      + " | ".join(fmt.format(results[s]["describe"][key]) for s in stages) + " | |")
     path = out / "eval.md"
-    path.write_text("\n".join(lines + [""]), encoding="utf-8")
+    path.write_text("\n".join(lines + list(tail) + [""]), encoding="utf-8")
     return path
 
 
@@ -113,25 +141,41 @@ def main():
     items = store.items("test", eval_items(sp.test, seed))
     short, desc = [it for it in items if it["type"] != "describe"], [it for it in items if it["type"] == "describe"]
     combo = [it for it in store.items("combo", eval_items(sp.combo, seed, combo=True)) if it["type"] != "describe"]
+    enc = dict(vision_encoder=vlm.config.vision_encoder, feature_layer=vlm.config.feature_layer)
+    store.add("offworld_test", offworld_features(vision, proc, list(range(-1, -1 - OFFWORLD_EVAL, -1)), **enc,
+                                                 size=image_size(proc), cache_root=args.cache_dir)[0])
+    offworld = offworld_items([store.row("offworld_test", i) for i in range(OFFWORLD_EVAL)],
+                              named_rng(seed, "off-world questions"))           # the same questions as train.py's
+    photos = photo_paths()
+    by_key = {image_key(p): p for p in photos}
+    store.add("photos", cached_features(vision, proc, list(by_key), lambda k: load_image(by_key[k]),
+                                        encoder_key(enc["vision_encoder"], enc["feature_layer"]), enc["feature_layer"],
+                                        **({"cache_root": args.cache_dir} if args.cache_dir else {}))[0])
+    photo_qs = [(store.row("photos", j), q) for j in range(len(photos)) for q in PHOTO_QUESTIONS]
+    photo_answers = {}
     results, summary = {}, {}
     for stage, (m, _, _) in models.items():
         results[stage] = r = evaluate_checkpoint(m, tok, short, combo, desc, scenes, store.tensor, dev)
+        photo_answers[stage] = generate_answers(m, tok, photo_qs, store.tensor, device=dev)
+        idk = score(m, tok, offworld, store.tensor, dev)["overall"]
         d, pre = r["describe"], "" if stage == "sft" else "pretrain_"
         summary.update({f"{pre}vqa_accuracy": r["vqa"]["overall"], f"{pre}vqa_accuracy_by_type": r["vqa"]["by_type"],
                         f"{pre}heldout_combo_accuracy": r["combo"]["overall"], f"{pre}describe_f1": round(d["f1"], 4),
                         f"{pre}describe_exact": round(d["exact"], 4),
                         f"{pre}hallucination_rate": round(d["hallucination_rate"], 4),
-                        f"{pre}mean_answer_chars": round(d["mean_chars"], 1)})
+                        f"{pre}mean_answer_chars": round(d["mean_chars"], 1), f"{pre}offworld_idk_rate": round(idk, 4)})
         print(f"[{stage}] {paths[stage]}: VQA {r['vqa']['overall']:.1%} {r['vqa']['by_type']}  held-out combinations "
               f"{r['combo']['overall']:.1%}  descriptions F1 {d['f1']:.1%}, exactly right {d['exact']:.1%}, "
-              f"hallucinated {d['hallucination_rate']:.1%}, {d['mean_chars']:.1f} characters", file=sys.stderr)
-    for k in ("vqa_accuracy", "describe_f1", "describe_exact", "hallucination_rate", "mean_answer_chars"):
+              f"hallucinated {d['hallucination_rate']:.1%}, {d['mean_chars']:.1f} characters; off-world pictures "
+              f"answered \"I don't know\" {idk:.1%}", file=sys.stderr)
+    for k in ("vqa_accuracy", "describe_f1", "describe_exact", "hallucination_rate", "mean_answer_chars",
+              "offworld_idk_rate"):
         summary.setdefault(f"pretrain_{k}", None)
     out = pathlib.Path(args.out) if args.out else RUNS_DIR / "vlm_eval"
     head = (f"# VLM evaluation on held-out pictures\n\n\"{DESCRIBE_PROMPTS['zh']}\" / \"{DESCRIBE_PROMPTS['en']}\" "
             f"about {len(desc)} held-out pictures, each in its question's language; "
             + "; ".join(f"{s}: `{paths[s]}`" for s in results) + ".")
-    md = write_eval_md(out, scenes, desc, results, args.rows, head)
+    md = write_eval_md(out, scenes, desc, results, args.rows, head, write_photo_md(out, photos, photo_answers))
     print(f"table with pictures: {md}", file=sys.stderr)
     print_summary(**summary, vqa_questions=len(short), descriptions_per_stage=len(desc), eval_md=str(md),
                   wall_s=round(time.perf_counter() - t0, 1))

@@ -12,7 +12,7 @@ from common.errors import CourseError
 from common.training import lr_at
 from step2_gpt.model import quick_or_load_gpt
 
-from step6_vlm.data import RENDER_VERSION, render_scene, scene_key
+from step6_vlm.data import RENDER_VERSION, offworld_picture, render_scene, scene_key
 from step6_vlm.model import VLM, apply_freeze, build_example, connector_params
 from step6_vlm.vision import cached_features, encoder_key
 
@@ -25,6 +25,17 @@ def world_features(vision, processor, scenes, vision_encoder: str, feature_layer
     kw = {"cache_root": cache_root} if cache_root else {}
     return cached_features(vision, processor, keys, lambda k: render_scene(by_key[k], size),
                            encoder_key(vision_encoder, feature_layer), feature_layer, use_cache=use_cache, **kw)
+
+
+def offworld_features(vision, processor, numbers, vision_encoder: str, feature_layer: int, size: int,
+                      cache_root=None) -> tuple:
+    """(N, P, D) frozen features of the off-world pictures data.offworld_picture(n) for n in `numbers`, through
+    the cache. Returns (features, n_encoded)."""
+    keys = [f"offworld-v1:{size}:{n}" for n in numbers]
+    by_key = dict(zip(keys, numbers))
+    kw = {"cache_root": cache_root} if cache_root else {}
+    return cached_features(vision, processor, keys, lambda k: offworld_picture(by_key[k], size),
+                           encoder_key(vision_encoder, feature_layer), feature_layer, **kw)
 
 
 @dataclass

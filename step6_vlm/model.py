@@ -26,12 +26,12 @@ FREEZE_TABLE = {
     "pretrain": ("frozen",        "trained",   "stage1"),   # image → caption: align image tokens with words
     "sft":      ("frozen",        "trained",   "all"),      # image + question → answer: learn to follow
 }
-# What "stage1" means for the LLM is a choice, named here: minimind-v and LLaVA-1 keep the LLM frozen
-# and train only the projection; the lesson's table trains the last few layers ("last_n"); "all" trains everything.
-# The default is "frozen": measured here, training the last layers on captions made the question answering
-# of stage 2 much slower to learn (README problem 4), while a frozen LLM cost nothing.
+# What "stage1" means for the LLM is a choice, named here: minimind-v and LLaVA-1 keep the LLM frozen and train
+# only the projection ("frozen"); "last_n" trains the top few blocks too; "all" trains everything. The default is
+# "all": a large LLM already knows how to say what it is shown, a 4-layer one does not, and with the LLM frozen
+# stage 1 never learns to describe a picture (README 问题 4 has the measured rows).
 STAGE1_LLM_CHOICES = ("last_n", "frozen", "all")
-DEFAULT_STAGE1_LLM, DEFAULT_LAST_N = "frozen", 2
+DEFAULT_STAGE1_LLM, DEFAULT_LAST_N = "all", 2
 
 
 def llm_trainable_names(llm: GPT, setting: str, last_n: int = DEFAULT_LAST_N) -> set:

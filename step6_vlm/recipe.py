@@ -5,7 +5,7 @@ from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 
 from common.errors import CourseError
 
-from step6_vlm.data import CURRICULUM, PAINT_SHARE
+from step6_vlm.data import CURRICULUM, OFFWORLD_TRAIN, PAINT_SHARE
 from step6_vlm.model import DEFAULT_LAST_N, DEFAULT_STAGE1_LLM
 
 
@@ -24,13 +24,14 @@ class Recipe:
     eval_images: int = 400
     combo_images: int = 300
     # stage 1 (image → caption) and stage 2 (image + question → answer)
-    pretrain: StagePlan = StagePlan(steps=80, batch=64, lr=1e-3, proj_lr=2e-3)
+    pretrain: StagePlan = StagePlan(steps=1200, batch=32, lr=1e-3, proj_lr=2e-3)
     sft: StagePlan = StagePlan(steps=2500, batch=32, lr=1e-3, proj_lr=1e-3)
     stage1_llm: str = DEFAULT_STAGE1_LLM   # what of the LLM stage 1 trains (model.STAGE1_LLM_CHOICES)
     last_n: int = DEFAULT_LAST_N           # with stage1_llm="last_n": how many top blocks
     curriculum: tuple = CURRICULUM         # stage 2's drills before the full mix (data.CURRICULUM)
-    describe_p: float = 0.15               # stage 2: chance that a picture's questions include "describe it"
+    describe_p: float = 1.0                # stage 2, every phase: chance that a picture is also to be described
     paint_share: float = PAINT_SHARE       # stage 2: share of pictures repainted in off-world paints
+    offworld: int = OFFWORLD_TRAIN         # stage 2: pictures from outside the world, answered "I don't know"
     # the connector (model.VLMConfig)
     projector: str = "linear"
     image_tokens: str = "all"
@@ -46,6 +47,8 @@ class Recipe:
                 raise CourseError(f"--recipe {name} is a share: give a number from 0 to 1, not {getattr(self, name)}")
         if self.stage1_llm not in STAGE1_LLM_CHOICES:
             raise CourseError(f"--recipe stage1_llm={self.stage1_llm!r}: choose one of {', '.join(STAGE1_LLM_CHOICES)}")
+        if self.offworld < 0:
+            raise CourseError(f"--recipe offworld is a number of pictures: 0 or more, not {self.offworld}")
         for stage in ("pretrain", "sft"):
             p = self.plan(stage)
             if p.steps < 1 or p.batch < 1 or p.lr <= 0 or p.proj_lr <= 0:
@@ -77,6 +80,6 @@ class Recipe:
 
 RECIPE = Recipe()
 # seconds-long smoke runs (--quick, the tests): tiny splits, a dozen steps per stage
-QUICK = replace(RECIPE, images=300, eval_images=40, combo_images=30,
+QUICK = replace(RECIPE, images=300, eval_images=40, combo_images=30, offworld=20,
                 pretrain=StagePlan(steps=12, batch=8, lr=1e-3, proj_lr=2e-3),
                 sft=StagePlan(steps=12, batch=8, lr=1e-3, proj_lr=1e-3))

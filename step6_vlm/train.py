@@ -17,8 +17,9 @@ The frozen encoder never changes, so each picture's features are computed once a
 Each stage keeps its last checkpoint (runs/vlm_<stage>) and, in <out>/best/, the one with the best score on
 validation pictures (neither trained on nor tested). Last line, one JSON object with the keys: stages_run,
 vqa_accuracy, vqa_accuracy_by_type, heldout_combo_accuracy, describe_f1, describe_exact, hallucination_rate,
-pretrain_describe_f1, pretrain_describe_exact, pretrain_hallucination_rate, init_from, wall_s (figures of a
-stage that did not run are read from its checkpoint, or null).
+offworld_idk_rate (pictures from outside the world answered "I don't know"), pretrain_describe_f1,
+pretrain_describe_exact, pretrain_hallucination_rate, init_from, wall_s (figures of a stage that did not run
+are read from its checkpoint, or null).
 """
 import sys, pathlib
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
@@ -33,8 +34,8 @@ from common.device import named_rng, pick_device, pick_dtype, seed_everything
 from common.errors import CourseError
 from common.training import RunLogger, print_summary
 from step6_vlm.data import (caption_conversations, eval_items, image_key, load_image, load_real_data,
-                            painted_scenes, sft_phases, world_splits)
-from step6_vlm.loop import encode, fit, init_llm, world_store
+                            offworld_items, painted_scenes, sft_phases, world_splits)
+from step6_vlm.loop import encode, fit, init_llm, offworld_features, world_store
 from step6_vlm.model import STAGE1_LLM_CHOICES, VLM, VLMConfig, apply_freeze, image_token_id, load_vlm, save_vlm
 from step6_vlm.recipe import QUICK, RECIPE, StagePlan
 from step6_vlm.scoring import describe, score
@@ -42,6 +43,7 @@ from step6_vlm.vision import CLIP_DIR, cached_features, default_vision_encoder, 
 
 STAGES = ("clip", "pretrain", "sft")
 VAL_IMAGES = 100  # validation pictures for choosing each stage's best checkpoint
+OFFWORLD_EVAL = 100  # held-out pictures from outside the world: is the answer "I don't know"?
 
 
 def parse():
@@ -138,12 +140,19 @@ def main():
                                        recipe.feature_layer, **({"cache_root": args.cache_dir} if args.cache_dir else {}))
         store.add("real", feats)
         print(f"--data: {len(real)} samples ({n_enc} images encoded)", file=sys.stderr)
+    n_off = recipe.offworld if "sft" in stages and not args.data else 0
+    for name, numbers in (("offworld", range(n_off)), ("offworld_test", range(-1, -1 - OFFWORLD_EVAL, -1))):
+        if numbers:
+            store.add(name, offworld_features(vision, proc, list(numbers), enc_name, recipe.feature_layer,
+                                              image_size(proc), cache_root=args.cache_dir)[0])
     gpt, tok, init_from = init_llm(args.init, args.quick)
     vc = vision.config
     cfg = VLMConfig(enc_name, vc.hidden_size, store.tensor.shape[1], image_size(proc), image_token_id(tok),
                     recipe.projector, recipe.image_tokens, recipe.feature_layer, recipe.image_positions, recipe.layout)
     items = {split: store.items(split, eval_items(getattr(sp, split), args.seed, combo=split == "combo"))
              for split in ("val", "test", "combo")}
+    items["offworld"] = offworld_items([store.row("offworld_test", i) for i in range(OFFWORLD_EVAL)],
+                                       named_rng(args.seed, "off-world questions"))
 
     def evaluate(vlm, split="test") -> dict:
         """Short answers by exact match; descriptions generated greedily and read back into things."""
@@ -158,7 +167,8 @@ def main():
         if split == "test":
             combo = score(vlm, tok, [it for it in items["combo"] if it["type"] != "describe"], store.tensor, dev)
             out.update(heldout_combo_accuracy=round(combo["overall"], 4), heldout_combo_by_type=combo["by_type"],
-                       vqa_questions=vqa["n"], describe_pictures=d["n"])
+                       vqa_questions=vqa["n"], describe_pictures=d["n"],
+                       offworld_idk_rate=round(score(vlm, tok, items["offworld"], store.tensor, dev)["overall"], 4))
         return out
 
     def val_score(vlm) -> float:  # what "best" means: short answers and descriptions weigh the same
@@ -180,7 +190,8 @@ def main():
             phases = [(caption_conversations(sp.train, recipe.layout, named_rng(args.seed, "stage1 prompts")), 1.0)]
         else:  # the lookup drills, then the full mix with descriptions among the questions
             phases = sft_phases(sp.train, rng, recipe.layout, recipe.curriculum, recipe.describe_p,
-                                store.items("painted", list(enumerate(painted))))
+                                store.items("painted", list(enumerate(painted))),
+                                [store.row("offworld", i) for i in range(n_off)])
         phases = [(encode(vlm, tok, convs), share) for convs, share in phases]
         plan = recipe.plan(stage)
         steps = (max(1, round(args.epochs * len(phases[-1][0]) / plan.batch / phases[-1][1])) if args.epochs
@@ -214,9 +225,10 @@ def main():
             from common.checkpoint import load_checkpoint
             old = load_checkpoint(stage_dir(args, stage)).metrics
             summary.update({pre + k: old.get(k) for k in ("vqa_accuracy", "describe_f1", "describe_exact",
-                                                           "hallucination_rate")})
+                                                           "hallucination_rate", "offworld_idk_rate")})
     keys = ("vqa_accuracy", "vqa_accuracy_by_type", "heldout_combo_accuracy", "describe_f1", "describe_exact",
-            "hallucination_rate", "pretrain_describe_f1", "pretrain_describe_exact", "pretrain_hallucination_rate")
+            "hallucination_rate", "offworld_idk_rate", "pretrain_describe_f1", "pretrain_describe_exact",
+            "pretrain_hallucination_rate")
     print_summary(**{k: summary.get(k) for k in keys}, **{k: v for k, v in summary.items() if k not in keys},
                   init_from=str(init_from), wall_s=round(time.perf_counter() - t_start, 1))
 

@@ -6,11 +6,11 @@ both stages briefly on cached frozen features, and scores held-out pictures per 
     python ablate.py --quick               # seconds: tiny random model, shows the table's shape only
 
 Baseline = ../train.py's defaults (all patches, linear projection, learned image positions, the question before
-the image, stage 1 trains the projection only, no loss on image positions, two stages), with fewer
+the image, stage 1 trains the whole LLM, no loss on image positions, two stages), with fewer
 steps. The rows:
   1. image tokens: first patch only (the bug) / one mean-pooled token (its tempting fix) / all patches (LLaVA)
   2. loss on image positions (the other tempting change) vs none
-  3. stage-1 freeze: projection only / projection + last 2 layers (the lesson's table) / whole LLM; one stage (SFT only) vs two
+  3. stage-1 freeze: whole LLM (the default) / projection + last 2 layers / projection only (LLaVA-1); one stage (SFT only) vs two
   4. linear vs MLP projection
   5. the lookup: no lookup drill at the start of stage 2 / the image before the question (LLaVA's layout) /
      no learned image positions
@@ -54,12 +54,12 @@ QUICK_ABLATE = replace(ABLATE, pretrain=StagePlan(4, 8, 1e-3, 2e-3), sft=StagePl
 # of the same pictures instead of the frozen encoder's). paint_share is the recipe's or 0.
 CONFIG_OVERRIDES = ("image_tokens", "projector", "image_positions", "layout")
 VARIANTS = {
-    "baseline":      ("", "baseline: all patches, linear, positions, question first, stage 1 = projection only, lookup drill", {}),
+    "baseline":      ("", "baseline: all patches, linear, positions, question first, stage 1 = whole LLM, lookup drill", {}),
     "first":         ("1 image tokens", "first patch only (the bug)", {"image_tokens": "first"}),
     "mean":          ("1 image tokens", "one mean-pooled token (mean-pooling fix)", {"image_tokens": "mean"}),
     "image_loss":    ("2 loss on image positions", "loss on image positions too", {"image_loss": True}),
     "stage1_last_n": ("3 stage-1 freeze", "stage 1: projection + last 2 LLM layers (the lesson's table)", {"stage1_llm": "last_n"}),
-    "stage1_all":    ("3 stage-1 freeze", "stage 1: projection + whole LLM", {"stage1_llm": "all"}),
+    "stage1_frozen": ("3 stage-1 freeze", "stage 1: projection only, LLM frozen (LLaVA-1/minimind-v)", {"stage1_llm": "frozen"}),
     "one_stage":     ("3 stage-1 freeze", "one stage: SFT only, same total steps", {"stages": ("sft",)}),
     "mlp":           ("4 projection", "MLP projection (Linear-GELU-Linear)", {"projector": "mlp"}),
     "image_first":   ("5 the lookup", "image before the question (LLaVA layout)", {"layout": "image-first"}),
@@ -71,14 +71,14 @@ VARIANTS = {
 }
 # the order rows are run in (most telling first, so a stopped run has measured what matters most)
 ORDER = ["baseline", "no_curriculum", "no_paint", "first", "mean", "image_first", "no_positions", "image_loss", "stage1_last_n",
-         "one_stage", "mlp", "stage1_all", "oracle"]
+         "one_stage", "mlp", "stage1_frozen", "oracle"]
 # the groups of the table, each with the baseline as its reference row
 GROUPS = {"1 image tokens": ["baseline", "first", "mean"], "2 loss on image positions": ["baseline", "image_loss"],
-          "3 stage-1 freeze": ["baseline", "stage1_last_n", "stage1_all", "one_stage"], "4 projection": ["baseline", "mlp"],
+          "3 stage-1 freeze": ["baseline", "stage1_last_n", "stage1_frozen", "one_stage"], "4 projection": ["baseline", "mlp"],
           "5 the lookup": ["baseline", "no_curriculum", "image_first", "no_positions"],
           "6 colour apart from shape": ["baseline", "no_paint"], "7 the encoder's part": ["baseline", "oracle"]}
 BASELINE_LABEL = {"1 image tokens": "all patches (LLaVA, baseline)", "2 loss on image positions": "answer tokens only (baseline)",
-                  "3 stage-1 freeze": "stage 1: projection only, LLM frozen (baseline; LLaVA-1/minimind-v)", "4 projection": "linear, no bias (baseline)",
+                  "3 stage-1 freeze": "stage 1: projection + whole LLM (baseline)", "4 projection": "linear, no bias (baseline)",
                   "5 the lookup": "question first, learned positions, lookup drill (baseline)",
                   "6 colour apart from shape": f"{PAINT_SHARE:.0%} of the pictures also repainted, asked their shapes (baseline)",
                   "7 the encoder's part": "the frozen encoder's features (baseline)"}

@@ -13,7 +13,7 @@ STEP = Path(__file__).resolve().parents[1]
 ROOT = STEP.parent
 KEYS = {"vqa_accuracy", "vqa_accuracy_by_type", "heldout_combo_accuracy", "describe_f1", "describe_exact",
         "hallucination_rate", "pretrain_describe_f1", "pretrain_describe_exact", "pretrain_hallucination_rate",
-        "init_from", "wall_s"}
+        "offworld_idk_rate", "init_from", "wall_s"}
 IMAGES = 40   # training pictures: a few seconds per stage
 
 

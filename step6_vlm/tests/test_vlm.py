@@ -116,8 +116,15 @@ def test_stage2_curriculum_drills_both_lookups_then_the_full_mix(tok):
     scenes = world_splits(40, 1, 1, seed=0).train
     assert [types for types, _ in CURRICULUM] == [("color", "shape"), ("position",)]
     (cells, s1), (things, s2), (full, rest) = sft_phases(scenes, random.Random(0), "question-first",
-                                                          ((("color", "shape"), 0.25), (("position",), 0.25)))
+                                                          ((("color", "shape"), 0.25), (("position",), 0.25)),
+                                                          describe_p=0.0)
     assert (s1, s2, rest) == (0.25, 0.25, 0.5)
+    # with describe_p, every phase (the drills too) also asks for descriptions, on top of its own questions
+    described = sft_phases(scenes, random.Random(0), "question-first", CURRICULUM, describe_p=0.5)
+    for (convs, _), own in zip(described, (2 * len(scenes), None, None)):
+        asks = [m[1]["content"] for _, m in convs if m[1]["content"].startswith(("图中有", "There "))]
+        assert 0.3 * len(scenes) < len(asks) < 0.7 * len(scenes)
+        assert own is None or len(convs) == own + len(asks)
     assert len(cells) == 2 * len(scenes)                       # a colour and a shape question per picture
     cell_q = [m[0]["content"] for _, m in cells]
     color_q = [q for q in cell_q if q.startswith("What color is the shape at the ") or "的图形是什么颜色？" in q]
@@ -216,7 +223,7 @@ def test_freeze_table_sets_exactly_the_expected_parameters(tok, clip_dir, stage1
 
 def test_projection_learns_in_stage1_from_the_answer_loss_only(tok):
     vlm = make_vlm(tok)
-    apply_freeze(vlm, "pretrain")
+    apply_freeze(vlm, "pretrain", stage1_llm="frozen")   # LLaVA-1's stage 1: even through a frozen LLM
     ids, labels = build_example(vlm, tok, CAPTION)
     x, y = torch.tensor([ids[:-1]]), torch.tensor([labels[1:]])
     img_pos = (x == tok.image_id)
@@ -509,6 +516,27 @@ def _saved_hf_dataset(path, captions, split="test"):
                                                                 "caption": datasets.Sequence(datasets.Value("string"))}))
     datasets.DatasetDict({split: ds}).save_to_disk(str(path))
     return path
+
+
+def test_offworld_pictures_are_outside_the_world_and_answered_i_dont_know():
+    from common.world import random_scene
+    from step4_sft.data import IDK
+    from step6_vlm.data import (BACKGROUND, CURRICULUM, offworld_items, offworld_picture, render_scene, sft_phases,
+                                world_splits)
+    a, b = np.asarray(offworld_picture(3)), np.asarray(offworld_picture(3))
+    assert np.array_equal(a, b) and not np.array_equal(a, np.asarray(offworld_picture(-3)))  # train ≠ held out
+    grey = lambda im: (np.abs(np.asarray(im, dtype=int) - BACKGROUND).sum(-1) < 12).mean()   # share of background
+    assert max(grey(offworld_picture(n)) for n in range(-20, 20)) < 0.05
+    assert min(grey(render_scene(random_scene(random.Random(n)))) for n in range(20)) > 0.4
+    items = offworld_items(range(200), random.Random(0))
+    assert [it["image"] for it in items] == list(range(200))
+    assert all(it["answer"] == IDK[it["lang"]] for it in items)
+    assert {it["type"] for it in items} == {"color", "shape", "count", "position", "describe"}
+    assert all(("图" in it["question"] or "在哪里" in it["question"]) == (it["lang"] == "zh") for it in items)
+    scenes = world_splits(30, 1, 1, seed=0).train
+    phases = sft_phases(scenes, random.Random(0), "question-first", CURRICULUM, offworld=[500, 501])
+    idk = [[i for i, m in convs if m[1]["content"] in IDK.values()] for convs, _ in phases]
+    assert idk == [[], [], [500, 501]]          # the full mix only, one question per picture
 
 
 def test_hf_dataset_saved_locally_loads_offline(tmp_path):
