@@ -22,17 +22,13 @@ import torch
 
 from common.cli import course_parser, run
 from common.device import pick_device, seed_everything
+from common.errors import CourseError
 from common.training import print_summary
 from step6_vlm.data import caption_messages, qa_examples, user_turn, world_splits
 from step6_vlm.recipe import RECIPE  # the freeze train.py uses, so the checks see the same gradients
 from step6_vlm.loop import collate, encode
 from step6_vlm.model import VLM, VLMConfig, apply_freeze, image_token_id, load_vlm
-
-
-def with_image_loss(examples, image_id: int) -> list:
-    """The tempting change: labels on the image positions too. Each image position then has the next id as its
-    target, which inside the block is `<image>` again: the model is taught to predict a placeholder."""
-    return [(i, ids, [t if t == image_id else lab for t, lab in zip(ids, labels)]) for i, ids, labels in examples]
+from step6_vlm.pitfalls import IMAGE_TOKEN_MODES, with_image_loss
 
 
 def image_spans(row: list, image_id: int) -> list:
@@ -257,25 +253,27 @@ def main():
     p = course_parser("Debug the image path on one batch (the image path's checks)", "device", "batch_size", "lr", "seed",
                       "init", "quick", batch_size=8, lr=1e-3)
     p.add_argument("--stage", default="pretrain", choices=("pretrain", "sft"), help="阶段 which freeze row and which data")
-    p.add_argument("--image-tokens", default=None, choices=("all", "first", "mean"), help="图像token mode of a fresh model")
+    p.add_argument("--image-tokens", default="all", choices=tuple(IMAGE_TOKEN_MODES),
+                   help="图像token what reaches the LLM of a fresh model: every patch, the first (the bug) or their mean")
     p.add_argument("--projector", default="linear", choices=("linear", "mlp"), help="投影层 of a fresh model")
     p.add_argument("--llm", default=None, help="起点语言模型 LLM of a fresh VLM (default runs/rlhf, else runs/sft, else runs/pretrain)")
     p.add_argument("--image-loss", action="store_true", help="图像位置也算loss put the image positions in the loss")
     args = p.parse_args()
+    if args.init and args.image_tokens != "all":
+        raise CourseError("--image-tokens builds a fresh model with that mistake; it does not change a trained --init checkpoint")
+    VLMClass = IMAGE_TOKEN_MODES[args.image_tokens]
     seed_everything(args.seed)
     dev = pick_device(args.device)
     if args.quick:
         scenes = world_splits(args.batch_size, 0, 0, seed=args.seed).train
         tok, gpt, cfg, feats = quick_parts(scenes, dev, args.seed)
-        cfg.image_tokens, cfg.projector = args.image_tokens or "all", args.projector
-        vlm, src = VLM(gpt, cfg).to(dev), "tiny random model (--quick)"
+        cfg.projector = args.projector
+        vlm, src = VLMClass(gpt, cfg).to(dev), "tiny random model (--quick)"
     else:
         from step6_vlm.loop import world_features
         from step6_vlm.vision import default_vision_encoder, image_size, load_vision_encoder
         if args.init:  # a trained VLM checkpoint
             vlm, tok, _ = load_vlm(args.init, dev, with_vision=False)
-            if args.image_tokens:
-                vlm.config.image_tokens = args.image_tokens
             src = args.init
         else:  # a fresh VLM, as stage 1 starts: the course LLM + a new projection
             from step6_vlm.loop import init_llm
@@ -284,8 +282,8 @@ def main():
             vision, proc = load_vision_encoder(enc, dev)
             vc = vision.config
             cfg = VLMConfig(enc, vc.hidden_size, (vc.image_size // vc.patch_size) ** 2, vc.image_size, image_token_id(tok),
-                            args.projector, args.image_tokens or "all")
-            vlm, src = VLM(gpt, cfg).to(dev), f"fresh VLM: LLM {src}, encoder {enc}"
+                            args.projector)
+            vlm, src = VLMClass(gpt, cfg).to(dev), f"fresh VLM: LLM {src}, encoder {enc}"
         scenes = world_splits(8000, 400, 300, seed=args.seed).train[:max(args.batch_size, 64)]  # train.py's pictures: cached; 64 for checks 6 and 7
         vision, proc = load_vision_encoder(vlm.config.vision_encoder, dev)
         feats, _ = world_features(vision, proc, scenes, vlm.config.vision_encoder, vlm.config.feature_layer, image_size(proc))
@@ -295,7 +293,7 @@ def main():
     # checks 6 and 7 first: debug_batch's training step changes the model. They need one token per patch.
     looks = ({"asked_cell_attention": asked_cell_attention(vlm, tok, scenes, feats, args.seed, dev),
               "named_thing_attention": asked_cell_attention(vlm, tok, scenes, feats, args.seed, dev, by="content")}
-             if vlm.config.image_tokens == "all" else {})
+             if vlm.tokens_per_image == vlm.config.n_patches else {})
     fig = debug_batch(vlm, tok, ex, feats, args.stage, args.lr, device=dev) | looks
     print(f"== image path check on one batch of {len(ex)} ({args.stage} data), model: {src}\n", file=sys.stderr)
     print(report(fig), file=sys.stderr)

@@ -132,12 +132,12 @@ def phase_steps(steps: int, shares) -> list:
 
 
 def fit(vlm, tok, phases, feats, stage: str, steps: int, batch: int, lr: float, proj_lr: float, stage1_llm: str,
-        last_n: int, seed: int, device, dtype=torch.float32, log=None, pixels=None, on_eval=None,
+        last_n: int, seed: int, device, dtype=torch.float32, log=None, on_eval=None,
         eval_every: int = 0) -> dict:
     """The loop of one stage (train.py and the lab's ablations): freeze by the table, AdamW with the projection column at its
     own learning rate, warmup + cosine, clipping. `phases` [(examples, share of the steps)] run in order, each
-    with a fresh optimizer and its own schedule (stage 2's curriculum; one phase otherwise). `pixels` (N, 3, H, W):
-    run the frozen encoder every step instead of reading cached features (slow; for the bench). Returns the final
+    with a fresh optimizer and its own schedule (stage 2's curriculum; one phase otherwise). `feats` (N, P, D): the
+    frozen encoder's features of every picture, computed once (the encoder never changes). Returns the final
     loss, the projection's gradient norm at the first step (> 0, or the image path is cut) and the training time.
     `on_eval(step, vlm)` is called every `eval_every` steps of the last phase and after its last step (e.g. to keep
     the best checkpoint); its time is not training time."""
@@ -156,10 +156,7 @@ def fit(vlm, tok, phases, feats, stage: str, steps: int, batch: int, lr: float, 
                 g["lr"] = lr_at(step, max_lr=g["base"], total_steps=n_steps, warmup_steps=min(50, n_steps // 10))
             x, y, idx = collate(next(it), tok.pad_id)                      # (B, T), (B, T), (B,)
             with autocast(device, dtype):
-                if pixels is not None:
-                    _, loss = vlm(x.to(device), y.to(device), pixel_values=pixels[idx].to(device))
-                else:
-                    _, loss = vlm(x.to(device), y.to(device), image_features=feats[idx].to(device))
+                _, loss = vlm(x.to(device), y.to(device), image_features=feats[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad0 is None:

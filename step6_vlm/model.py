@@ -87,7 +87,6 @@ class VLMConfig:
     image_size: int              # the encoder's input side in pixels
     image_token_id: int          # the tokenizer's id of "<image>"
     projector: str = "linear"    # "linear" (LLaVA-1, no bias) or "mlp" (Linear–GELU–Linear)
-    image_tokens: str = "all"    # "all" patches (LLaVA), or "first" / "mean": one token (the first-patch bug / mean-pooling "fix")
     feature_layer: int = -2      # which encoder layer's hidden states (LLaVA: second to last)
     image_positions: str = "learned"  # "learned": a trained vector per image-token slot after the projection; "none"
     layout: str = "question-first"  # where <image> goes in a user turn: after the question, or "image-first" (LLaVA)
@@ -113,8 +112,6 @@ class VLM(nn.Module):
 
     def __init__(self, llm: GPT, config: VLMConfig, vision=None):
         super().__init__()
-        if config.image_tokens not in ("all", "first", "mean"):
-            raise CourseError(f"unknown image_tokens mode {config.image_tokens!r}; choose all, first or mean")
         self.config, self.llm, self.vision = config, llm, vision
         if config.image_positions not in ("none", "learned"):
             raise CourseError(f"unknown image_positions {config.image_positions!r}; choose none or learned")
@@ -131,7 +128,8 @@ class VLM(nn.Module):
 
     @property
     def tokens_per_image(self) -> int:
-        return self.config.n_patches if self.config.image_tokens == "all" else 1
+        """One image token per patch (LLaVA): the LLM sees every cell of the picture (pitfalls.py: what if not)."""
+        return self.config.n_patches
 
     @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -142,16 +140,12 @@ class VLM(nn.Module):
         return patch_features(self.vision, pixel_values, self.config.feature_layer)
 
     def image_embeds(self, features: torch.Tensor) -> torch.Tensor:
-        """Frozen features (N, P, D) → image tokens (N, tokens_per_image, C) in the LLM's embedding space."""
+        """Frozen features (N, P, D) → image tokens (N, P, C) in the LLM's embedding space."""
         if features.dim() != 3 or features.shape[1:] != (self.config.n_patches, self.config.vision_dim):
             raise CourseError(f"image features must be (N, {self.config.n_patches}, {self.config.vision_dim}), "
                               f"got {tuple(features.shape)}: were they made by another vision encoder?")
-        if self.config.image_tokens == "first":
-            features = features[:, :1]                       # (N, 1, D)
-        elif self.config.image_tokens == "mean":
-            features = features.mean(1, keepdim=True)        # (N, 1, D)
         w = next(self.projection.parameters())
-        x = self.projection(features.to(w.dtype))            # (N, n, C)
+        x = self.projection(features.to(w.dtype))            # (N, P, C)
         return x if self.image_pos is None else x + self.image_pos.to(x.dtype)
 
     def expand(self, ids: list, mask: list | None = None) -> tuple:

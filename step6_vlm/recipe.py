@@ -34,7 +34,6 @@ class Recipe:
     offworld: int = OFFWORLD_TRAIN         # stage 2: pictures from outside the world, answered "I don't know"
     # the connector (model.VLMConfig)
     projector: str = "linear"
-    image_tokens: str = "all"
     image_positions: str = "learned"
     layout: str = "question-first"
     feature_layer: int = -2

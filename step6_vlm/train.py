@@ -148,7 +148,7 @@ def main():
     gpt, tok, init_from = init_llm(args.init, args.quick)
     vc = vision.config
     cfg = VLMConfig(enc_name, vc.hidden_size, store.tensor.shape[1], image_size(proc), image_token_id(tok),
-                    recipe.projector, recipe.image_tokens, recipe.feature_layer, recipe.image_positions, recipe.layout)
+                    recipe.projector, recipe.feature_layer, recipe.image_positions, recipe.layout)
     items = {split: store.items(split, eval_items(getattr(sp, split), args.seed, combo=split == "combo"))
              for split in ("val", "test", "combo")}
     items["offworld"] = offworld_items([store.row("offworld_test", i) for i in range(OFFWORLD_EVAL)],

@@ -37,10 +37,10 @@ from common.errors import CourseError
 from common.training import print_summary
 from step6_vlm.data import (PAINT_SHARE, caption_conversations, cell_labels, eval_items, painted_scenes,
                             sft_phases, world_splits)
-from step6_vlm.debug import with_image_loss
 from step6_vlm.loop import FeatureStore, encode, fit, init_llm
 from step6_vlm.scoring import describe, score
 from step6_vlm.model import VLM, VLMConfig, image_token_id
+from step6_vlm.pitfalls import IMAGE_TOKEN_MODES, with_image_loss
 from step6_vlm.recipe import RECIPE, StagePlan
 
 # Short runs: same learning rates and batch as train.py, a fifth of its stage-2 steps, so all rows fit in
@@ -49,10 +49,11 @@ from step6_vlm.recipe import RECIPE, StagePlan
 ABLATE = replace(RECIPE, pretrain=StagePlan(40, 32, 1e-3, 2e-3), sft=StagePlan(500, 32, 1e-3, 1e-3))
 QUICK_ABLATE = replace(ABLATE, pretrain=StagePlan(4, 8, 1e-3, 2e-3), sft=StagePlan(6, 8, 1e-3, 1e-3))
 
-# name: (group, what changes, overrides). Overrides are recipe fields (replace(recipe, ...)), plus three of the lab's
-# own: image_loss (a loss on image positions too), stages (which stages run) and features ("oracle": oracle_features
-# of the same pictures instead of the frozen encoder's). paint_share is the recipe's or 0.
-CONFIG_OVERRIDES = ("image_tokens", "projector", "image_positions", "layout")
+# name: (group, what changes, overrides). Overrides are recipe fields (replace(recipe, ...)), plus four of the lab's
+# own: image_tokens (pitfalls.IMAGE_TOKEN_MODES: the first patch only, or one mean), image_loss (a loss on image
+# positions too), stages (which stages run) and features ("oracle": oracle_features of the same pictures instead
+# of the frozen encoder's). paint_share is the recipe's or 0.
+CONFIG_OVERRIDES = ("projector", "image_positions", "layout")
 VARIANTS = {
     "baseline":      ("", "baseline: all patches, linear, positions, question first, stage 1 = whole LLM, lookup drill", {}),
     "first":         ("1 image tokens", "first patch only (the bug)", {"image_tokens": "first"}),
@@ -120,7 +121,8 @@ def oracle_features(scenes, dim: int) -> torch.Tensor:
 
 def build_variant(gpt, cfg: VLMConfig, overrides: dict) -> VLM:
     """A fresh VLM for one row: a copy of the start LLM (rows never share weights) and the row's config."""
-    return VLM(copy.deepcopy(gpt), replace(cfg, **{k: v for k, v in overrides.items() if k in CONFIG_OVERRIDES}))
+    vlm_class = IMAGE_TOKEN_MODES[overrides.get("image_tokens", "all")]
+    return vlm_class(copy.deepcopy(gpt), replace(cfg, **{k: v for k, v in overrides.items() if k in CONFIG_OVERRIDES}))
 
 
 def run_variant(name: str, ctx: dict) -> dict:

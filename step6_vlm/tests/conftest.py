@@ -37,12 +37,13 @@ def clip_dir(tmp_path_factory):
     return path
 
 
-def make_vlm(tok, clip_dir=None, n_embd=64, n_layer=2, block_size=256, **cfg):
+def make_vlm(tok, clip_dir=None, n_embd=64, n_layer=2, block_size=256, image_tokens="all", **cfg):
     from step2_gpt.model import GPT, GPTConfig
-    from step6_vlm.model import VLM, VLMConfig, image_token_id
+    from step6_vlm.model import VLMConfig, image_token_id
+    from step6_vlm.pitfalls import IMAGE_TOKEN_MODES
     vision = None
     if clip_dir is not None:
         from step6_vlm.vision import load_vision_encoder
         vision, _ = load_vision_encoder(str(clip_dir))
     gpt = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=n_layer, n_head=2, n_embd=n_embd))
-    return VLM(gpt, VLMConfig(str(clip_dir), 32, 9, 63, image_token_id(tok), **cfg), vision)
+    return IMAGE_TOKEN_MODES[image_tokens](gpt, VLMConfig(str(clip_dir), 32, 9, 63, image_token_id(tok), **cfg), vision)

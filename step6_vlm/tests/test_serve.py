@@ -332,7 +332,7 @@ def test_browser_page_uploads_a_picture_and_streams_the_answer(servers, headless
 
 
 def test_bench_serve_reports_its_documented_keys_and_concurrent_answers_match(ckpts, tmp_path):
-    r = subprocess.run([sys.executable, str(HERE / "bench.py"), "--serve", "--quick", "--init", str(ckpts / "vlm_sft")],
+    r = subprocess.run([sys.executable, str(HERE / "lab" / "bench.py"), "--serve", "--quick", "--init", str(ckpts / "vlm_sft")],
                        capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     j = json.loads(r.stdout.strip().splitlines()[-1])

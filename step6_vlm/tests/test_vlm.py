@@ -392,6 +392,9 @@ def test_cli_bad_inputs_give_one_line(tmp_path):
     r = _cli("step6_vlm/train_clip.py", "--quick", "--extra-colors", "2", "--out", str(tmp_path / "clip"))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: --extra-colors is a share of the training scenes: give a number from 0 to 1, not 2.0"]
+    r = _cli("step6_vlm/debug.py", "--init", str(tmp_path / "any"), "--image-tokens", "first")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --image-tokens builds a fresh model with that mistake; it does not change a trained --init checkpoint"]
 
 
 @pytest.mark.notebook

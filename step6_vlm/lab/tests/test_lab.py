@@ -7,7 +7,8 @@ import torch
 
 from common.errors import CourseError
 from common.world import COLORS, SHAPES, SIZES, Thing
-from step6_vlm.debug import examples_for, with_image_loss
+from step6_vlm.debug import examples_for
+from step6_vlm.pitfalls import with_image_loss
 from step6_vlm.lab.ablate import VARIANTS, build_variant, run_variant
 from step6_vlm.tests.conftest import make_vlm
 

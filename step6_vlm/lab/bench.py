@@ -1,10 +1,10 @@
 """Bench: (1) a training step with cached frozen-encoder features vs running the frozen encoder every step;
 (2) with --serve, the server (server.py): time to first token, tokens/s, and concurrent clients.
 
-    python bench.py                 # small CLIP (9 patches) and the full-size ViT-B/16 architecture (196 patches)
-    python bench.py --serve         # the newest checkpoint (runs/vlm_sft, vlm_pretrain, rlhf, sft, pretrain)
-    python bench.py --serve --init ../runs/sft   # a given one (relative to where you run this)
-    python bench.py --serve --quick # a few short requests; an untrained GPT when runs/ holds no checkpoint
+    python lab/bench.py                 # small CLIP (9 patches) and the full-size ViT-B/16 architecture (196 patches)
+    python lab/bench.py --serve         # the newest checkpoint (runs/vlm_sft, vlm_pretrain, rlhf, sft, pretrain)
+    python lab/bench.py --serve --init ../runs/sft   # a given one (relative to where you run this)
+    python lab/bench.py --serve --quick # a few short requests; an untrained GPT when runs/ holds no checkpoint
 
 (1) The encoder is frozen, so its output for a picture never changes: computing it once and reading it back
 removes the encoder from every step. ViT-B/16's weights need not be downloaded for a speed figure: the
@@ -23,7 +23,7 @@ Last line: {"mode": "serve", "model", "vision", "device", "ttft_p50_ms", "reply_
 many concurrent answers equal the lone ones).
 """
 import sys, pathlib
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # repo root: common/ and earlier steps
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # repo root: common/ and earlier steps
 
 import base64
 import json
@@ -98,7 +98,7 @@ QUESTIONS = ["描述这张图片", "图里有几个东西？", "What colour is t
              "Describe the picture.", "最左边是什么？", "How many things are there?", "有红色的东西吗？"]
 TEXT_QUESTIONS = ["2加3等于几？", "What is 4 plus 1?", "小明有5个苹果，送出2个。小明还剩几个苹果？", "你好",
                   "把“红色的圆形”翻译成英文。", "Who are you?", "Translate 蓝色的方块 into Chinese.", "小猫在哪里？"]
-IMAGE = pathlib.Path(__file__).resolve().parent / "test.jpg"
+IMAGE = pathlib.Path(__file__).resolve().parents[1] / "test.jpg"
 
 
 def serving_engine(args, dev):
