@@ -61,7 +61,8 @@ def make_parser():
                    help="每步混入的预训练文本窗口数 windows of step 3's text mixed into every step, against forgetting (default 0: off; 4 keeps the text loss where it was, at about 3× the time)")
     p.add_argument("--examples", type=int, default=None, help="训练对话数 world conversations to train on (default: steps × batch, each seen once)")
     p.add_argument("--eval-every", type=int, default=None, help="每隔多少步评估并保存 (default 200)")
-    p.add_argument("--eval-n", type=int, default=100, help="结束时评估的留出对话数 held-out conversations scored at the end")
+    p.add_argument("--eval-n", type=int, default=200,
+                   help="结束时评估的留出对话数 held-out conversations scored at the end (eval.py's 200, so both print one figure)")
     p.add_argument("--stop-at", type=int, default=None, help="在此步保存并停止 save and stop after this step (tests resume)")
     return p
 
