@@ -30,11 +30,11 @@ def test_lesson_readme_structure(step):
     assert "English" in text[:3000], "the lesson starts with an English summary"
 
 
-SCRIPTS = sorted(p for s in STEPS for p in s.glob("*.py")
+SCRIPTS = sorted(p for s in STEPS for pattern in ("*.py", "lab/*.py") for p in s.glob(pattern)  # the lab's tools too
                  if p.name not in ("__init__.py",) and "def main" in p.read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(REPO_ROOT)))
 def test_script_help_runs_from_its_own_folder(script):
     # As a student runs it: `cd stepN && python train.py --help`, with no repo root on the path.
     r = subprocess.run([sys.executable, script.name, "--help"], cwd=script.parent, capture_output=True,

@@ -56,8 +56,8 @@ def test_first_and_mean_modes_use_one_token(tok):
     first, mean = (make_vlm(tok, image_tokens=m, image_positions="none") for m in ("first", "mean"))
     mean.projection.load_state_dict(first.projection.state_dict())
     assert first.tokens_per_image == mean.tokens_per_image == 1
-    assert torch.allclose(first.image_embeds(feats)[:, 0], first.projection(feats[:, 0]), atol=1e-5)  # (N, 9, D) vs (N, D) matmul
-    assert torch.allclose(mean.image_embeds(feats)[:, 0], mean.projection(feats.mean(1)), atol=1e-5)
+    assert torch.allclose(first.image_embeds(feats)[:, 0], first.projection(feats[:, 0]), atol=1e-5)  # (N, 9, D) vs (N, D) matmul: up to 7e-7 apart
+    assert torch.allclose(mean.image_embeds(feats)[:, 0], mean.projection(feats.mean(1)), atol=1e-6)
     assert build_example(first, tok, CAPTION)[0].count(tok.image_id) == 1
 
 
